@@ -68,7 +68,9 @@ def resolve_device(device: str = "auto"):
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        elif (
+            getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        ):
             device = "mps"
         else:
             device = "cpu"

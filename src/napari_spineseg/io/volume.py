@@ -1,0 +1,283 @@
+"""Loading a NIfTI file into a :class:`Volume` that keeps everything needed to write back.
+
+A Volume keeps the data in *file voxel order*, the nibabel image with its header and
+affine untouched, and the path. Display order is a view computed by
+:class:`~napari_spineseg.io.geometry.DisplayGeometry`; masks are written with the source
+header (:func:`~napari_spineseg.io.writer.save_labels`), so nothing is re-derived.
+Uncompressed ``.nii`` files are memory-mapped (opening a multi-GB file costs no RAM);
+``.nii.gz`` has to be decompressed and is read once, eagerly, so corruption surfaces at
+open time and never later inside the viewer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import GeometryWarning, NiftiError
+from . import checks
+from .geometry import DisplayGeometry
+
+log = logging.getLogger(__name__)
+
+#: Relaxed quaternion check, as SCT does (#3703): scanners write b²+c²+d² = 1 + 1e-7.
+QUATERNION_THRESHOLD = -1e-6
+
+LABEL_NAME_HINTS = ("_seg", "_dseg", "_label-", "_mask", "_rootlets", "_totalspineseg", "_msk")
+
+
+@dataclass
+class Volume:
+    """A NIfTI image as read from disk.
+
+    ``nifti`` is the nibabel image (header untouched, use ``nifti.header`` for raw
+    fields); ``data`` the array in file voxel order (lazy for ``.nii``); ``geometry``
+    the display mapping; ``warnings`` what other tools may show differently.
+    """
+
+    path: Path | None
+    nifti: nib.Nifti1Image
+    geometry: DisplayGeometry
+    warnings: list[str] = field(default_factory=list)
+    _data: np.ndarray | None = field(default=None, repr=False)
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def header(self):
+        return self.nifti.header
+
+    @property
+    def affine(self) -> np.ndarray:
+        return self.nifti.affine
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.nifti.shape)
+
+    @property
+    def ndim_spatial(self) -> int:
+        return min(len(self.shape), 3)
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[: self.ndim_spatial]
+
+    @property
+    def is_4d(self) -> bool:
+        return len(self.shape) == 4
+
+    @property
+    def zooms(self) -> tuple[float, ...]:
+        return tuple(float(z) for z in self.header.get_zooms()[: self.ndim_spatial])
+
+    @property
+    def name(self) -> str:
+        if self.path is None:
+            return "volume"
+        return checks.split_nifti_name(self.path.name)[0]
+
+    @property
+    def data(self) -> np.ndarray:
+        """Voxels in file order, scaled per the NIfTI standard, native byte order."""
+        if self._data is None:
+            self._data = _read_data(self.path, self.nifti)
+        return self._data
+
+    def display_data(self) -> np.ndarray:
+        """The data in display order (a view: no copy)."""
+        return self.geometry.to_display(self.data)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hash of the file bytes (identifies the source in sidecars and autosaves)."""
+        if self.path is None:
+            return ""
+        h = hashlib.sha256()
+        with open(self.path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    # ------------------------------------------------------------ inference
+    def image3d(self, reduce: str = "mean") -> nib.Nifti1Image:
+        """A 3D nibabel image on this grid, for models (2D files get a singleton axis).
+
+        A 4D series is reduced over its 4th axis (``reduce="mean"`` as TotalSpineSeg
+        does, or ``"first"``); the header (and so the geometry) is the source's.
+        """
+        data = self.data
+        if self.is_4d:
+            if reduce == "mean":
+                data = np.asarray(data, dtype=np.float32).mean(axis=3)
+            elif reduce == "first":
+                data = np.asarray(data[..., 0])
+            else:
+                raise ValueError(f"reduce must be 'mean' or 'first', not {reduce!r}")
+        data = np.asarray(data).reshape(self.geometry.file_shape)
+        hdr = self.header.copy()
+        hdr.set_data_shape(data.shape)
+        hdr.set_slope_inter(1, 0)
+        if data.dtype.kind not in "iuf" or data.dtype.itemsize > 8:
+            data = data.astype(np.float32)
+        hdr.set_data_dtype(data.dtype)
+        img = type(self.nifti)(data, None, header=hdr)
+        return img
+
+    def looks_like_labels(self) -> bool:
+        """Heuristic of the reader: should this file open as a Labels layer?
+
+        True for NIFTI_INTENT_LABEL, a mask-like file name (``_seg``, ``_dseg``,
+        ``_label-*``...), or integer-valued data with few distinct values.
+        """
+        if int(self.header["intent_code"]) == 1002:
+            return True
+        name = self.path.name.lower() if self.path is not None else ""
+        if any(h in name for h in LABEL_NAME_HINTS) and self.integer_valued():
+            return True
+        return self.integer_valued() and _few_values(self.data)
+
+    def integer_valued(self) -> bool:
+        data = self.data
+        if data.dtype.kind in "iub":
+            return True
+        if data.dtype.kind != "f":
+            return False
+        sample = _sample(data)
+        return bool(np.all(np.isfinite(sample)) and np.all(sample == np.round(sample)))
+
+
+def load(path: str | os.PathLike) -> Volume:
+    """Read a ``.nii``/``.nii.gz`` file; raise :class:`NiftiError` naming the file if unusable.
+
+    Warnings about geometry (obliquity, q/s-form mismatch, odd units...) are emitted as
+    :class:`GeometryWarning` and kept in ``Volume.warnings`` for the UI.
+    """
+    p = Path(path).expanduser()
+    sniffed = checks.sniff(p)
+    try:
+        img = nib.load(str(p), mmap="c" if not sniffed.compressed else False)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise NiftiError(p, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise NiftiError(p, f"not a NIfTI image ({type(img).__name__})")
+    img.header.quaternion_threshold = QUATERNION_THRESHOLD
+    problem = checks.datatype_problem(int(img.header["datatype"]))
+    if problem:
+        raise NiftiError(p, f"unsupported {problem}")
+    shape = img.shape
+    if len(shape) > 4:
+        raise NiftiError(
+            p,
+            f"{len(shape)}D data {shape} (a vector or warping field?): only 2D, 3D and 4D "
+            "images can be shown and segmented",
+        )
+    if len(shape) == 4 and shape[3] == 1:
+        log.info("%s: 4D with a single volume, treated as 3D", p)
+    if min(shape) < 1:
+        raise NiftiError(p, f"empty dimension in shape {shape}")
+    found: list[str] = []
+    try:
+        affine = img.affine
+    except Exception as exc:
+        raise NiftiError(p, f"invalid orientation in header ({exc})") from None
+    if not np.all(np.isfinite(affine)):
+        raise NiftiError(p, "orientation matrix contains NaN or Inf")
+    try:
+        geometry = DisplayGeometry.from_affine(affine, shape[: min(len(shape), 3)])
+    except ValueError as exc:
+        raise NiftiError(p, str(exc)) from None
+    found += checks.header_findings(img)
+    vox = min(geometry.scale)
+    if geometry.max_displacement_mm > checks_tolerance(vox):
+        found.append(
+            f"oblique acquisition ({geometry.obliquity_deg:.2f} degrees from the scanner axes): "
+            "shown on the nearest axis-aligned grid, so napari's world coordinates are off by "
+            f"up to {geometry.max_displacement_mm:.2g} mm at the edges of the field of view; "
+            "voxels and saved masks are exact"
+        )
+    volume = Volume(path=p, nifti=img, geometry=geometry, warnings=found)
+    if sniffed.compressed:
+        volume._data = _read_data(p, img)  # surfaces truncation now, not in the viewer
+    data = volume.data
+    if data.dtype.kind == "f":
+        bad = _count_nonfinite(data)
+        if bad:
+            found.append(
+                f"{bad} voxels are NaN or infinite: contrast is set from finite values; "
+                "models receive them as 0"
+            )
+    for msg in found:
+        warnings.warn(f"{p.name}: {msg}", GeometryWarning, stacklevel=2)
+    return volume
+
+
+def checks_tolerance(voxel_mm: float) -> float:
+    from .geometry import OBLIQUE_TOLERANCE_VOXEL
+
+    return OBLIQUE_TOLERANCE_VOXEL * voxel_mm
+
+
+def from_nifti(img: nib.Nifti1Image, path: str | os.PathLike | None = None) -> Volume:
+    """Wrap an in-memory nibabel image (e.g. a phantom) as a Volume."""
+    shape = img.shape
+    geometry = DisplayGeometry.from_affine(img.affine, shape[: min(len(shape), 3)])
+    return Volume(path=Path(path) if path else None, nifti=img, geometry=geometry)
+
+
+def _read_data(path: Path | None, img) -> np.ndarray:
+    try:
+        dataobj = img.dataobj
+        slope = getattr(dataobj, "slope", 1.0)
+        inter = getattr(dataobj, "inter", 0.0)
+        if not isinstance(dataobj, np.ndarray) and (slope != 1 or inter != 0):
+            # Scaled integers: float32 is enough and half the memory of nibabel's float64.
+            data = img.get_fdata(dtype=np.float32)
+        else:
+            data = np.asanyarray(dataobj)
+    except (EOFError, OSError, zlib.error, ValueError) as exc:
+        msg = str(exc)
+        if isinstance(exc, EOFError) or "Expected" in msg or "end-of-stream" in msg:
+            raise NiftiError(path, f"file is truncated or corrupt ({msg})") from None
+        raise NiftiError(
+            path, f"cannot read the voxel data ({type(exc).__name__}: {msg})"
+        ) from None
+    if data.dtype.names is None and not data.dtype.isnative:
+        data = data.astype(data.dtype.newbyteorder("="))  # big-endian file: one copy
+    if data.dtype.names is not None:
+        raise NiftiError(path, "structured (RGB) data is not a scalar MRI volume")
+    return data
+
+
+def _sample(data: np.ndarray, max_items: int = 2_000_000) -> np.ndarray:
+    """A strided subsample (whole array when small): cheap checks on huge memmaps."""
+    n = data.size
+    if n <= max_items:
+        return np.asarray(data)
+    step = int(np.ceil((n / max_items) ** (1 / data.ndim)))
+    return np.asarray(data[(slice(None, None, step),) * data.ndim])
+
+
+def _few_values(data: np.ndarray, limit: int = 64) -> bool:
+    sample = _sample(data)
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    return np.unique(sample).size <= limit
+
+
+def _count_nonfinite(data: np.ndarray) -> int:
+    # In blocks along the last axis: a memory-mapped multi-GB file is never copied.
+    if data.size <= 50_000_000:
+        return int(np.count_nonzero(~np.isfinite(data)))
+    total = 0
+    for i in range(data.shape[-1]):
+        total += int(np.count_nonzero(~np.isfinite(data[..., i])))
+    return total
