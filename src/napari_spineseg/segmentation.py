@@ -1,0 +1,406 @@
+"""The task runner: engine -> SCT output files -> SCT post-processing.
+
+``run`` takes a task, a loaded image and the model folder, runs the backend's engine on
+the 3D image (file voxel order), cuts the prediction into the task's SCT output files
+(binary masks per class, OR-ing region values; or one multi-label map) and post-processes
+each file the way ``sct_deepseg`` does. Engines are cached (load once, predict many),
+keyed by (backend, folder, device, settings that change the loaded model).
+
+Post-processing split of responsibility (kept identical to SCT):
+
+* nnU-Net tasks: argmax labels, so no threshold; ``largest``/``fill_holes``/
+  ``remove_small`` run here (``postprocess.py``) on each binary file, per class on
+  multi-label files.
+* the 7T ivadomed task: ivadomed's own post-processing (binarize >= thr, remove small,
+  optional keep-largest / fill-holes) runs *inside* the engine, which re-implements it
+  with ivadomed's exact semantics; it is not repeated here.
+* TotalSpineSeg: its own pipeline already keeps the largest components and fills the
+  canal; the generic steps run only when the user asks for them.
+
+4D inputs: averaged over the 4th axis (what TotalSpineSeg does, and the only meaningful
+single 3D input for the others); the provenance says so.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from . import postprocess as pp
+from .catalog import RGBA, OutputSpec, TaskSpec
+from .errors import TaskError
+from .progress import Reporter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engines.base import Prediction
+    from .io import Volume
+
+CODE_URL = "https://github.com/napari-spineseg/napari-spineseg"
+
+
+@dataclass
+class LabelOutput:
+    """One SCT output file: labels in the source's file voxel order (3D integer array)."""
+
+    suffix: str
+    labels: np.ndarray
+    classes: dict[int, str]
+    colors: dict[int, RGBA]
+    binary: bool = True
+    title: str = ""
+
+
+@dataclass
+class SegmentationResult:
+    """What :func:`napari_spineseg.api.segment` returns (see the API docs)."""
+
+    outputs: dict[str, LabelOutput]
+    probabilities: dict[str, np.ndarray]
+    provenance: dict[str, Any]
+    source: Volume
+    task: TaskSpec
+    sidecar_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Post-processing and inference settings of one run (None = the task's default)."""
+
+    threshold: float | None = None
+    largest: bool | None = None
+    fill_holes: bool | None = None
+    remove_small: tuple[pp.MinSize, ...] | None = None
+    test_time_aug: bool = False
+    device: str = "auto"
+
+    def resolved(self, spec: TaskSpec) -> Settings:
+        """Defaults filled in from the task's SCT post-processing."""
+        d = spec.postprocess
+        rs = self.remove_small
+        if rs is None:
+            rs = tuple(pp.parse_remove_small(list(d.remove_small))) if d.remove_small else ()
+        return Settings(
+            threshold=self.threshold if self.threshold is not None else d.threshold,
+            largest=self.largest if self.largest is not None else d.largest,
+            fill_holes=self.fill_holes if self.fill_holes is not None else d.fill_holes,
+            remove_small=tuple(rs),
+            test_time_aug=self.test_time_aug,
+            device=self.device,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "largest": self.largest,
+            "fill_holes": self.fill_holes,
+            "remove_small": [str(m) for m in self.remove_small or ()],
+            "test_time_aug": self.test_time_aug,
+            "device": self.device,
+        }
+
+
+# ----------------------------------------------------------------------------- engines
+
+_ENGINES: OrderedDict[tuple, Any] = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+MAX_CACHED_ENGINES = 2  # models hold hundreds of MB; keep the last two
+
+
+def _engine_class(backend: str):
+    if backend == "nnunet":
+        from .engines.nnunet import NnunetModel
+
+        return NnunetModel
+    if backend == "ivadomed_onnx":
+        from .engines.ivadomed_onnx import IvadomedOnnxModel
+
+        return IvadomedOnnxModel
+    if backend == "totalspineseg":
+        from .engines.totalspineseg import TotalSpineSegModel
+
+        return TotalSpineSegModel
+    raise TaskError(f"unknown backend {backend!r}")
+
+
+def _accepted(func, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments ``func`` accepts (all of them if it takes ``**kwargs``)."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return kwargs
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
+    """A loaded engine for ``folder``, from the cache when the same model was loaded."""
+    key = (spec.backend, str(Path(folder).resolve()), settings.device, settings.test_time_aug)
+    with _ENGINES_LOCK:
+        if key in _ENGINES:
+            _ENGINES.move_to_end(key)
+            return _ENGINES[key]
+    cls = _engine_class(spec.backend)
+    kwargs = {"device": settings.device, "use_mirroring": settings.test_time_aug, "trust": True}
+    engine = cls.load(folder, **_accepted(cls.load, kwargs))
+    if spec.backend == "nnunet" and not spec.custom:
+        # SCT: dataset.json's image_orientation wins, else the task's known orientation.
+        dj = getattr(engine, "dataset_json", {}) or {}
+        if "image_orientation" not in dj and hasattr(engine, "orientation"):
+            engine.orientation = spec.orientation
+    with _ENGINES_LOCK:
+        _ENGINES[key] = engine
+        while len(_ENGINES) > MAX_CACHED_ENGINES:
+            _ENGINES.popitem(last=False)
+    return engine
+
+
+def clear_engine_cache() -> None:
+    """Forget loaded engines (frees their memory)."""
+    with _ENGINES_LOCK:
+        _ENGINES.clear()
+
+
+# ----------------------------------------------------------------------------- splitting
+
+
+def _find_map(pred: Prediction, out: OutputSpec) -> tuple[str | None, np.ndarray | None]:
+    for name in (out.map, *out.map_aliases):
+        if name in pred.maps:
+            return name, pred.maps[name]
+    if out.classes is None and len(pred.maps) == 1:
+        name = next(iter(pred.maps))
+        return name, pred.maps[name]
+    return None, None
+
+
+def select(pred: Prediction, out: OutputSpec) -> np.ndarray:
+    """The array an output file is cut from: a bool mask (binary) or the label map.
+
+    A binary file is the union of the label values of its classes (a region such as
+    ``sc = [1, 2]`` ORs both values, as SCT does); an engine that returns one map per class
+    (``maps["sc"]``) is accepted too.
+    """
+    name, arr = _find_map(pred, out)
+    if out.classes is None:
+        if arr is None:
+            raise TaskError(
+                f"the model's prediction has no map {out.map!r} for output {out.suffix} "
+                f"(maps: {sorted(pred.maps)})"
+            )
+        return np.asarray(arr)
+    mask = None
+    missing = []
+    for cls in out.classes:
+        values = pred.class_groups(name).get(cls) if name is not None else None
+        if values:
+            part = np.isin(arr, np.asarray(values, dtype=arr.dtype))
+        elif cls in pred.maps:
+            part = np.asarray(pred.maps[cls]) > 0
+        else:
+            missing.append(cls)
+            continue
+        mask = part if mask is None else (mask | part)
+    if mask is None:
+        known = sorted({c for m in pred.maps for c in pred.class_groups(m)} | set(pred.maps))
+        raise TaskError(
+            f"the model's prediction has no class {', '.join(missing)} for output "
+            f"{out.suffix} (it has: {', '.join(known)}); is this the right model for the task?"
+        )
+    return mask
+
+
+def split_outputs(
+    spec: TaskSpec,
+    pred: Prediction,
+    zooms: Sequence[float],
+    settings: Settings,
+) -> tuple[dict[str, LabelOutput], list[str]]:
+    """Cut ``pred`` into the task's output files and post-process each (see module doc).
+
+    Returns the outputs (by suffix) and the list of post-processing steps that ran.
+    """
+    generic = spec.backend == "nnunet" or (
+        spec.backend == "totalspineseg"
+        and (settings.largest or settings.fill_holes or settings.remove_small)
+    )
+    steps: list[str] = []
+    outputs: dict[str, LabelOutput] = {}
+    sizes = list(settings.remove_small or ())
+    for i, out in enumerate(spec.outputs):
+        arr = select(pred, out)
+        size = (sizes[i] if i < len(sizes) else sizes[-1]) if sizes else None
+        if out.binary:
+            mask = np.asarray(arr, dtype=bool)
+            if generic:
+                mask = pp.postprocess_binary(
+                    mask,
+                    zooms=zooms,
+                    largest=bool(settings.largest),
+                    fill=bool(settings.fill_holes),
+                    min_size=size,
+                )
+            labels = mask.astype(np.uint8)
+        else:
+            labels = np.asarray(arr)
+            if generic:
+                labels = pp.postprocess_multilabel(
+                    labels,
+                    zooms=zooms,
+                    largest=bool(settings.largest),
+                    fill=bool(settings.fill_holes),
+                    min_sizes=size,
+                )
+            labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.int16)
+        if generic:
+            done = [
+                s
+                for s, on in (("largest", settings.largest), ("fill_holes", settings.fill_holes))
+                if on
+            ]
+            if size is not None:
+                done.append(f"remove_small {size}")
+            steps += [f"{out.suffix}: {s}" for s in done]
+        names = dict(out.names) if out.names else dict(pred.classes.get(out.map, {}))
+        if not out.binary:
+            present = {int(v) for v in np.unique(labels) if v}
+            for v in present - set(names):
+                names[v] = pred.classes.get(_find_map(pred, out)[0] or "", {}).get(v, f"label {v}")
+        colors = dict(out.colors) if out.colors else {}
+        if not out.binary:
+            from .catalog import palette
+
+            extra = palette(sorted(set(names) - set(colors)), start=0.5)
+            colors.update(extra)
+        outputs[out.suffix] = LabelOutput(
+            suffix=out.suffix,
+            labels=labels,
+            classes=names,
+            colors=colors,
+            binary=out.binary,
+            title=out.title,
+        )
+    return outputs, steps
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def run(
+    spec: TaskSpec,
+    volume: Volume,
+    folder: Path,
+    settings: Settings,
+    report: Reporter,
+    *,
+    return_probabilities: bool = True,
+    model_url: str | None = None,
+    model_sha256: Any = None,
+) -> SegmentationResult:
+    """Segment ``volume`` with ``spec``'s engine loaded from ``folder`` (see module doc)."""
+    from . import __version__
+
+    settings = settings.resolved(spec)
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    report(0.0, "loading model")
+    engine = load_engine(spec, folder, settings)
+    timings["load_s"] = round(time.perf_counter() - t0, 3)
+    report.check()
+
+    if volume.is_4d:
+        n = volume.shape[3]
+        notes.append(
+            f"the input is 4D ({n} volumes): the model was run on their mean over the 4th "
+            "axis (as TotalSpineSeg does); the masks are 3D on the same grid"
+        )
+    image = _image3d(volume)
+    opts: dict[str, Any] = {"return_probabilities": return_probabilities}
+    if spec.backend == "ivadomed_onnx":
+        opts.update(
+            threshold=settings.threshold,
+            remove_small=[str(m) for m in settings.remove_small] if settings.remove_small else 0,
+            keep_largest=bool(settings.largest),
+            fill_holes=bool(settings.fill_holes),
+        )
+    t1 = time.perf_counter()
+    pred = engine.predict(image, report.sub(0.02, 0.95), **_accepted(engine.predict, opts))
+    timings["predict_s"] = round(time.perf_counter() - t1, 3)
+    report.check()
+
+    report(0.96, "post-processing")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    t2 = time.perf_counter()
+    outputs, steps = split_outputs(spec, pred, zooms, settings)
+    timings["postprocess_s"] = round(time.perf_counter() - t2, 3)
+    timings["total_s"] = round(time.perf_counter() - t0, 3)
+    if spec.backend == "ivadomed_onnx":
+        steps = [f"inside the engine (ivadomed semantics): {pred.info.get('postprocessing')}"]
+    report(1.0, "done")
+
+    device = getattr(engine, "device", settings.device)
+    provenance: dict[str, Any] = {
+        "name": "napari-spineseg",
+        "version": __version__,
+        "code_url": CODE_URL,
+        "task": spec.id,
+        "task_title": spec.title,
+        "backend": spec.backend,
+        "custom_model": spec.custom,
+        "model_folder": str(folder),
+        "model_url": model_url if model_url is not None else [s.url for s in spec.sources],
+        "model_sha256": model_sha256,
+        "settings": settings.as_dict(),
+        "postprocessing": steps,
+        "device": str(device),
+        "timings": timings,
+        "engine": _jsonable(pred.info),
+        "input": {
+            "path": str(volume.path) if volume.path else None,
+            "shape": list(volume.shape),
+            "zooms": list(volume.zooms),
+        },
+        "notes": notes,
+        "citation": spec.citation,
+    }
+    return SegmentationResult(
+        outputs=outputs,
+        probabilities=dict(pred.probabilities) if return_probabilities else {},
+        provenance=provenance,
+        source=volume,
+        task=spec,
+    )
+
+
+def _image3d(volume: Volume):
+    """The 3D image the engines get (file voxel order, the source's affine)."""
+    image = volume.image3d(reduce="mean")
+    if image.affine is None:  # built from a header only: engines need the affine
+        import nibabel as nib
+
+        image = nib.Nifti1Image(np.asanyarray(image.dataobj), volume.affine, header=image.header)
+    return image
+
+
+def _jsonable(obj: Any) -> Any:
+    """A JSON-serialisable copy of engine info (numpy scalars/arrays, paths, tuples)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist() if obj.size <= 64 else f"<array {obj.shape} {obj.dtype}>"
+    if isinstance(obj, str | int | float | bool) or obj is None:
+        return obj
+    return str(obj)
