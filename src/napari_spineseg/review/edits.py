@@ -3,8 +3,8 @@
 The widget calls :meth:`EditTracker.diff` after every paint event to show "n voxels
 edited on slices ..." and, at save time, to write the provenance record. The tracker
 keeps per-slice, per-class counts and recomputes only the slices a paint event touched
-(``bbox=`` / ``slices=`` hints), so a call costs a fraction of a millisecond on a
-64x320x320 volume instead of a full-volume comparison (about 10-20 ms; see the tests).
+(``bbox=`` / ``slices=`` hints): on a 64x320x320 uint8 volume a hinted call takes about
+0.1-0.5 ms and a full comparison 2-20 ms (measured on a loaded 2-core CPU).
 """
 
 from __future__ import annotations
@@ -119,14 +119,16 @@ class EditTracker:
             sel = rows
         cur = current[sel]
         orig = self._original[sel]
-        zs, ys, xs = np.nonzero(cur != orig)
+        # flatnonzero on the flat mask is several times faster than a 3D np.nonzero
+        flat = np.flatnonzero(cur != orig)
         self._added[rows] = 0
         self._removed[rows] = 0
         self._changed[rows] = 0
-        if zs.size == 0:
+        if flat.size == 0:
             return
-        c = cur[zs, ys, xs].astype(np.int64)
-        o = orig[zs, ys, xs].astype(np.int64)
+        zs = flat // (cur.shape[1] * cur.shape[2])
+        c = cur.reshape(-1)[flat].astype(np.int64)
+        o = orig.reshape(-1)[flat].astype(np.int64)
         if c.min() < 0:
             raise LabelsError("EditTracker: label values must not be negative")
         k = max(self._added.shape[1], int(c.max()) + 1, int(o.max()) + 1)
