@@ -175,8 +175,8 @@ def segment(
 
     report = Reporter(progress, cancel)
     report.check()
-    volume = _as_volume(image_or_path)
     spec, folder, url, sha = _resolve_model(task, model, trust, report)
+    volume = _as_volume(image_or_path)
     if threshold is not None and not 0 <= float(threshold) <= 1:
         raise SpinesegError(f"threshold must be between 0 and 1, got {threshold}")
     settings = Settings(
