@@ -47,6 +47,8 @@ class Sniffed:
     version: int  # 1 or 2
     endian: str  # "<" or ">"
     expected_bytes: int | None  # vox_offset + data size (uncompressed), when computable
+    #: raw (scl_slope, scl_inter): nibabel resets them to NaN in ``img.header`` on load
+    scaling: tuple[float, float] | None = None
 
 
 def split_nifti_name(path: str | os.PathLike) -> tuple[str, str]:
@@ -57,6 +59,12 @@ def split_nifti_name(path: str | os.PathLike) -> tuple[str, str]:
         if low.endswith(ext):
             return s[: -len(ext)], s[-len(ext) :]
     return s, ""
+
+
+def sibling_of(path: str | os.PathLike) -> Path:
+    """``X.nii`` for ``X.nii.gz`` and vice versa (nifti_clib opens ``X.nii`` first)."""
+    base, ext = split_nifti_name(path)
+    return Path(base + (".nii" if ext.lower() == ".nii.gz" else ".nii.gz"))
 
 
 def sniff(path: str | os.PathLike) -> Sniffed:
@@ -97,11 +105,12 @@ def sniff(path: str | os.PathLike) -> Sniffed:
         raise NiftiError(p, f"corrupt gzip stream ({exc})") from None
     version, endian = _magic(p, hdr)
     expected = _expected_bytes(hdr, version, endian)
+    scaling = _raw_scaling(hdr, version, endian)
     if not compressed and expected is not None and size < expected:
         raise NiftiError(
             p, f"file is truncated: expected {expected} bytes, found {size} (incomplete copy?)"
         )
-    return Sniffed(compressed, version, endian, expected)
+    return Sniffed(compressed, version, endian, expected, scaling)
 
 
 def _magic(path: Path, hdr: bytes) -> tuple[int, str]:
@@ -151,16 +160,26 @@ def _expected_bytes(hdr: bytes, version: int, endian: str) -> int | None:
     return int(vox_offset) + n * bitpix // 8
 
 
+def _raw_scaling(hdr: bytes, version: int, endian: str) -> tuple[float, float] | None:
+    try:
+        if version == 1:
+            return struct.unpack(endian + "ff", hdr[112:120])
+        return struct.unpack(endian + "dd", hdr[176:192])
+    except struct.error:
+        return None
+
+
 def datatype_problem(datatype: int) -> str | None:
     """Why a NIfTI datatype code cannot be shown/segmented, or None if it can."""
     return REFUSED_DATATYPES.get(int(datatype))
 
 
-def header_findings(img) -> list[str]:
+def header_findings(img, raw_scaling: tuple[float, float] | None = None) -> list[str]:
     """Geometry warnings for a loaded NIfTI image (empty list = nothing to say).
 
     Each message says what other tools will do differently, so the user can decide
     whether to fix the header (``sct_image -set-sform-to-qform`` etc.) before working.
+    ``raw_scaling`` is (scl_slope, scl_inter) as on disk (see :class:`Sniffed`).
     """
     hdr = img.header
     out: list[str] = []
@@ -206,7 +225,7 @@ def header_findings(img) -> list[str]:
             f"spatial unit is {unit!r}: napari shows the stored numbers as mm, ITK-based "
             "tools rescale them"
         )
-    slope, inter = hdr["scl_slope"], hdr["scl_inter"]
+    slope, inter = raw_scaling if raw_scaling is not None else (hdr["scl_slope"], hdr["scl_inter"])
     if slope == 0 and inter not in (0,) and np.isfinite(inter):
         out.append(
             f"scl_slope is 0 with scl_inter {float(inter):g}: no scaling applied (NIfTI "

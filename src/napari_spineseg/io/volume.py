@@ -11,11 +11,14 @@ open time and never later inside the viewer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import threading
 import warnings
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,6 +34,9 @@ log = logging.getLogger(__name__)
 
 #: Relaxed quaternion check, as SCT does (#3703): scanners write b²+c²+d² = 1 + 1e-7.
 QUATERNION_THRESHOLD = -1e-6
+
+#: Above this many voxels, a memory-mapped file is sampled, never scanned, at open time.
+LAZY_SCAN_ITEMS = 50_000_000
 
 LABEL_NAME_HINTS = ("_seg", "_dseg", "_label-", "_mask", "_rootlets", "_totalspineseg", "_msk")
 
@@ -164,7 +170,7 @@ def load(path: str | os.PathLike) -> Volume:
     p = Path(path).expanduser()
     sniffed = checks.sniff(p)
     try:
-        img = nib.load(str(p), mmap="c" if not sniffed.compressed else False)
+        img = read_nifti(p, mmap="c" if not sniffed.compressed else False)
     except Exception as exc:  # nibabel raises many types for broken files
         raise NiftiError(p, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
@@ -195,7 +201,13 @@ def load(path: str | os.PathLike) -> Volume:
         geometry = DisplayGeometry.from_affine(affine, shape[: min(len(shape), 3)])
     except ValueError as exc:
         raise NiftiError(p, str(exc)) from None
-    found += checks.header_findings(img)
+    found += checks.header_findings(img, raw_scaling=sniffed.scaling)
+    sibling = checks.sibling_of(p)
+    if sibling.exists():
+        found.append(
+            f"{sibling.name} exists next to this file: ITK-based tools (ITK-SNAP, Slicer, "
+            "ANTs) open the .nii even when asked for the .nii.gz, so they may show the other one"
+        )
     vox = min(geometry.scale)
     if geometry.max_displacement_mm > checks_tolerance(vox):
         found.append(
@@ -209,15 +221,51 @@ def load(path: str | os.PathLike) -> Volume:
         volume._data = _read_data(p, img)  # surfaces truncation now, not in the viewer
     data = volume.data
     if data.dtype.kind == "f":
-        bad = _count_nonfinite(data)
+        # A memory-mapped file is only sampled: scanning it all would read it into RAM.
+        lazy = isinstance(data, np.memmap) and data.size > LAZY_SCAN_ITEMS
+        bad = _count_nonfinite(_sample(data) if lazy else data)
         if bad:
+            what = "some voxels (seen in a sample of this large file)" if lazy else f"{bad} voxels"
             found.append(
-                f"{bad} voxels are NaN or infinite: contrast is set from finite values; "
+                f"{what} are NaN or infinite: contrast is set from finite values; "
                 "models receive them as 0"
             )
     for msg in found:
         warnings.warn(f"{p.name}: {msg}", GeometryWarning, stacklevel=2)
     return volume
+
+
+_RELAXED_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _relaxed_quaternions() -> Iterator[None]:
+    """nibabel computes the affine *inside* ``nib.load``, with its strict class threshold."""
+    with _RELAXED_LOCK:
+        old = nib.Nifti1Header.quaternion_threshold
+        nib.Nifti1Header.quaternion_threshold = QUATERNION_THRESHOLD
+        try:
+            yield
+        finally:
+            nib.Nifti1Header.quaternion_threshold = old
+
+
+def read_nifti(path: str | os.PathLike, mmap: bool | str = False):
+    """``nib.load`` that accepts scanner quaternions with b²+c²+d² slightly above 1.
+
+    SCT relaxes the check the same way (#3703): such files come straight from scanners
+    and every other tool reads them. The returned header keeps the relaxed threshold.
+    """
+    try:
+        img = nib.load(str(path), mmap=mmap)
+    except ValueError as exc:
+        if "w2 should be positive" not in str(exc):
+            raise
+        with _relaxed_quaternions():
+            img = nib.load(str(path), mmap=mmap)
+            img.affine  # noqa: B018 - computed while the threshold is relaxed
+    img.header.quaternion_threshold = QUATERNION_THRESHOLD
+    return img
 
 
 def checks_tolerance(voxel_mm: float) -> float:
@@ -258,10 +306,16 @@ def _read_data(path: Path | None, img) -> np.ndarray:
 
 
 def _sample(data: np.ndarray, max_items: int = 2_000_000) -> np.ndarray:
-    """A strided subsample (whole array when small): cheap checks on huge memmaps."""
+    """A subsample (whole array when small): cheap checks on huge memmaps."""
     n = data.size
     if n <= max_items:
         return np.asarray(data)
+    if isinstance(data, np.memmap) and (data.flags.f_contiguous or data.flags.c_contiguous):
+        # 16 contiguous runs spread over the file: a strided sample would touch every page.
+        flat = data.reshape(-1, order="A")
+        run = max_items // 16
+        starts = np.linspace(0, n - run, 16).astype(np.int64)
+        return np.concatenate([np.asarray(flat[s : s + run]) for s in starts])
     step = int(np.ceil((n / max_items) ** (1 / data.ndim)))
     return np.asarray(data[(slice(None, None, step),) * data.ndim])
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import LabelsError, SaveRefusedError, SpinesegError
 from .checks import split_nifti_name
-from .volume import QUATERNION_THRESHOLD, Volume, load
+from .volume import QUATERNION_THRESHOLD, Volume, load, read_nifti
 
 #: Header fields that must be byte-identical between a source and its mask.
 GEOMETRY_FIELDS = (
@@ -209,8 +209,7 @@ def _mask_image(arr: np.ndarray, source: Volume, descrip: str | None):
 def _verify(tmp: Path, arr: np.ndarray, source: Volume) -> None:
     """Re-read the temporary file and compare data and geometry before it replaces anything."""
     try:
-        back = nib.load(str(tmp), mmap=False)
-        back.header.quaternion_threshold = QUATERNION_THRESHOLD
+        back = read_nifti(tmp, mmap=False)
         data = np.asanyarray(back.dataobj)
     except Exception as exc:
         raise SpinesegError(f"{tmp}: verification read failed ({exc}); nothing replaced") from None
