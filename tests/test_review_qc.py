@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from napari_spineseg.errors import LabelsError
-from napari_spineseg.review.qc import edge_slices, slice_table, summary
+from napari_spineseg.review.qc import EdgeSlabs, edge_slices, slice_table, summary
 
 SPACING = (2.0, 0.5, 0.8)  # pixel area 0.4 mm², voxel volume 0.8 mm³
 CLASSES = {1: "spinal_cord", 3: "lesion"}
@@ -225,10 +227,6 @@ def test_edge_slices_whole_cord_poor_is_one_slab():
 
 
 def _ipl(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
-    nib = pytest.importorskip("nibabel")
-    from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
-    from nibabel.orientations import ornt_transform
-
     img = nib.load(path)
     ornt = ornt_transform(io_orientation(img.affine), axcodes2ornt(("I", "P", "L")))
     zooms = [0.0, 0.0, 0.0]
@@ -251,4 +249,4 @@ def test_real_manual_cord_mask_has_a_plausible_profile():
     assert not t.flagged().any()  # a clean manual mask raises no flag
     s = summary(lab, spacing, {1: "spinal_cord"})[1]
     assert s.volume_mm3 == pytest.approx(4275.0) and s.length_mm == 55.0
-    assert edge_slices(t) == edge_slices(t).__class__(None, None)
+    assert edge_slices(t) == EdgeSlabs(None, None)

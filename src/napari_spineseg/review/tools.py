@@ -68,7 +68,9 @@ def interpolate_between(
     On each slice strictly between ``slice_a`` and ``slice_b`` the class becomes the zero
     level set of the linear blend of the signed distance transforms of the two end
     slices (``d <= 0``): the outline morphs from one slice to the other, which a voxel-wise
-    blend cannot do for shapes that move. ``spacing`` = in-plane voxel size (s1, s2) so
+    blend cannot do for shapes that move. Like every shape-based interpolation it
+    shrinks the middle of a shape that moves by more than about its radius between the
+    two slices: correct more slices in between then. ``spacing`` = in-plane voxel size (s1, s2) so
     distances are in mm on anisotropic pixels. Voxels of class ``value`` outside the
     interpolated shape become background; with ``preserve_labels`` (default) voxels of
     other classes are left alone, as napari's "preserve labels" brush does.

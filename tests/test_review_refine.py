@@ -1,0 +1,94 @@
+"""Crop-and-refine merge and trim (napari_spineseg.review.refine)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_spineseg.errors import LabelsError
+from napari_spineseg.review.refine import merge_slab, slab_with_margin, trim_slab
+from napari_spineseg.review.tools import apply_edit
+
+
+def test_slab_with_margin_is_clipped():
+    assert slab_with_margin(10, 20, 64, 8) == (2, 28)
+    assert slab_with_margin(2, 5, 64, 8) == (0, 13)
+    assert slab_with_margin(60, 64, 64, 8) == (52, 64)
+    assert slab_with_margin(3, 4, 64, 0) == (3, 4)
+    with pytest.raises(LabelsError, match="slab"):
+        slab_with_margin(5, 5, 64, 2)
+    with pytest.raises(LabelsError, match="slab"):
+        slab_with_margin(60, 70, 64, 2)
+    with pytest.raises(LabelsError, match="margin"):
+        slab_with_margin(1, 4, 64, -1)
+
+
+@pytest.fixture
+def volumes():
+    original = np.zeros((10, 6, 6), np.uint8)
+    original[:, 2:4, 2:4] = 1  # model output: cord everywhere
+    current = original.copy()
+    current[1, 0, 0] = 1  # user edit at the top (inside the slab)
+    current[7, 2, 2] = 0  # user edit outside the slab
+    refined = np.zeros((6, 6, 6), np.uint8)  # prediction for crop [0, 6)
+    refined[:, 1:5, 1:5] = 1  # the new model sees a wider cord
+    return original, current, refined
+
+
+def test_merge_replaces_only_the_slab_and_keeps_user_edits(volumes):
+    original, current, refined = volumes
+    frozen = [a.copy() for a in volumes]
+    res = merge_slab(current, original, refined, slab=(1, 4), crop=(0, 6))
+    for a, b in zip(volumes, frozen):
+        np.testing.assert_array_equal(a, b)  # inputs untouched
+    m = res.merged
+    np.testing.assert_array_equal(m[1:4, 1:5, 1:5], 1)  # refined inside the slab
+    assert m[1, 0, 0] == 1  # the user's edit is kept
+    np.testing.assert_array_equal(m[:1], current[:1])  # margin: untouched
+    np.testing.assert_array_equal(m[4:], current[4:])  # outside: untouched (edit at 7)
+    assert res.n_changed == 3 * 12  # the ring of 12 new voxels on slices 1..3
+    assert res.kept_edits == 1  # (1, 0, 0): refined says 0, the user said 1
+    np.testing.assert_array_equal(res.change_mask, m != current)
+    np.testing.assert_array_equal(apply_edit(current, res.edit), m)
+
+
+def test_merge_without_keep_edits_takes_the_prediction(volumes):
+    original, current, refined = volumes
+    res = merge_slab(current, original, refined, slab=(1, 4), keep_edits=False, crop=(0, 6))
+    assert res.merged[1, 0, 0] == 0 and res.kept_edits == 0
+    assert res.n_changed == 3 * 12 + 1
+
+
+def test_merge_default_crop_is_the_slab(volumes):
+    original, current, refined = volumes
+    res = merge_slab(current, original, refined[1:4], slab=(1, 4))
+    np.testing.assert_array_equal(
+        res.merged, merge_slab(current, original, refined, (1, 4), crop=(0, 6)).merged
+    )
+
+
+def test_merge_shape_errors(volumes):
+    original, current, refined = volumes
+    with pytest.raises(LabelsError, match=r"expected \(3, 6, 6\)"):
+        merge_slab(current, original, refined, slab=(1, 4))  # forgot crop=
+    with pytest.raises(LabelsError, match="does not cover"):
+        merge_slab(current, original, refined, slab=(1, 8), crop=(0, 6))
+    with pytest.raises(LabelsError, match="same 3D grid"):
+        merge_slab(current, original[:5], refined, slab=(1, 4), crop=(0, 6))
+    with pytest.raises(LabelsError, match="in-plane grid"):
+        merge_slab(current, original, refined[:, :5], slab=(1, 4), crop=(0, 6))
+
+
+def test_trim_clears_the_slab_or_some_classes():
+    lab = np.zeros((6, 4, 4), np.uint8)
+    lab[:, 1:3, 1:3] = 1
+    lab[:, 0, 0] = 2
+    res = trim_slab(lab, (4, 6))
+    np.testing.assert_array_equal(res.merged[4:], 0)
+    np.testing.assert_array_equal(res.merged[:4], lab[:4])
+    assert res.n_changed == 2 * 5
+    res = trim_slab(lab, (0, 2), values=[2])
+    assert res.n_changed == 2 and (res.merged[:2] == 1).sum() == 8
+    assert lab[0, 0, 0] == 2  # input untouched
+    with pytest.raises(LabelsError):
+        trim_slab(lab, (4, 9))

@@ -1,0 +1,131 @@
+"""Correction tools that return edits (napari_spineseg.review.tools)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_spineseg.errors import LabelsError
+from napari_spineseg.review.tools import (
+    apply_edit,
+    fill_holes,
+    interpolate_between,
+    remove_small,
+)
+
+
+def square(lab, k, rows, cols, value=1):
+    lab[k, rows[0] : rows[1], cols[0] : cols[1]] = value
+
+
+def test_interpolation_of_identical_slices_reproduces_the_shape():
+    lab = np.zeros((7, 12, 12), np.uint8)
+    square(lab, 1, (3, 7), (2, 9))
+    square(lab, 5, (3, 7), (2, 9))
+    before = lab.copy()
+    edit = interpolate_between(lab, 1, 1, 5)
+    np.testing.assert_array_equal(lab, before)  # input untouched
+    out = apply_edit(lab, edit)
+    for k in (2, 3, 4):
+        np.testing.assert_array_equal(out[k], lab[1])
+    np.testing.assert_array_equal(out[[0, 6]], 0)
+    assert edit.n_voxels == 3 * 28
+    assert set(edit.indices[0].tolist()) == {2, 3, 4}
+
+
+def test_interpolation_moves_a_shape_instead_of_blending_it():
+    # a disk (r=4) moved by 4 columns: halfway, the same disk moved by 2. A voxel-wise
+    # blend would give the union or the intersection of the end disks instead.
+    yy, xx = np.mgrid[:21, :25]
+    lab = np.zeros((3, 21, 25), np.uint8)
+    lab[0][(yy - 10) ** 2 + (xx - 8) ** 2 <= 16] = 1
+    lab[2][(yy - 10) ** 2 + (xx - 12) ** 2 <= 16] = 1
+    out = apply_edit(lab, interpolate_between(lab, 1, 2, 0))  # either order
+    mid = out[1] == 1
+    moved = (yy - 10) ** 2 + (xx - 10) ** 2 <= 16
+    ys, xs = np.nonzero(mid)
+    assert xs.mean() == pytest.approx(10.0) and ys.mean() == pytest.approx(10.0)
+    assert (mid & moved).sum() / (mid | moved).sum() > 0.95
+    np.testing.assert_array_equal(out[[0, 2]], lab[[0, 2]])
+
+
+def test_interpolation_replaces_class_between_but_preserves_other_labels():
+    lab = np.zeros((5, 10, 10), np.uint8)
+    square(lab, 0, (2, 6), (2, 6))
+    square(lab, 4, (2, 6), (2, 6))
+    lab[2, 8, 8] = 1  # stray cord voxel outside the interpolated shape: removed
+    lab[2, 3, 3] = 2  # another class inside the shape: kept with preserve_labels
+    out = apply_edit(lab, interpolate_between(lab, 1, 0, 4))
+    assert out[2, 8, 8] == 0 and out[2, 3, 3] == 2
+    assert (out[2] == 1).sum() == 15
+    out = apply_edit(lab, interpolate_between(lab, 1, 0, 4, preserve_labels=False))
+    assert out[2, 3, 3] == 1 and (out[2] == 1).sum() == 16
+
+
+def test_interpolation_uses_in_plane_spacing():
+    # growing disk along a very anisotropic in-plane grid still gives a convex blob
+    lab = np.zeros((3, 9, 9), np.uint8)
+    lab[0, 4, 4] = 1
+    lab[2, 2:7, 2:7] = 1
+    out = apply_edit(lab, interpolate_between(lab, 1, 0, 2, spacing=(1.0, 1.0)))
+    assert out[1, 4, 4] == 1 and 1 < (out[1] == 1).sum() < 25
+
+
+def test_interpolation_errors():
+    lab = np.zeros((5, 6, 6), np.uint8)
+    lab[0, 2, 2] = 1
+    with pytest.raises(LabelsError, match="slice 4 has no voxel of label 1"):
+        interpolate_between(lab, 1, 0, 4)
+    with pytest.raises(LabelsError, match="outside 0..4"):
+        interpolate_between(lab, 1, 0, 5)
+    assert interpolate_between(lab, 1, 0, 1).n_voxels == 0  # adjacent: nothing between
+    with pytest.raises(LabelsError, match="3D integer"):
+        interpolate_between(lab.astype(float), 1, 0, 4)
+
+
+def test_remove_small_components():
+    lab = np.zeros((6, 10, 10), np.uint8)
+    lab[1:5, 2:5, 2:5] = 1  # 36 voxels, kept
+    lab[0, 8, 8] = 1  # 1 voxel
+    lab[3, 7, 7] = lab[4, 8, 8] = 1  # 2 voxels touching by a corner: one object in 3D
+    lab[5, 0, 0] = 2  # other class: untouched
+    edit = remove_small(lab, 1, 3)
+    out = apply_edit(lab, edit)
+    assert edit.n_voxels == 3 and (edit.values == 0).all()
+    assert (out == 1).sum() == 36 and out[5, 0, 0] == 2
+    # with face connectivity the corner pair is two single voxels (still removed at 2)
+    assert remove_small(lab, 1, 2, connectivity=1).n_voxels == 3
+    assert remove_small(lab, 1, 2).n_voxels == 1
+    assert remove_small(lab, 7, 5).n_voxels == 0
+
+
+def test_fill_holes_2d_3d_and_preserve_labels():
+    lab = np.zeros((5, 9, 9), np.uint8)
+    lab[1:4, 2:7, 2:7] = 1
+    lab[2, 4, 4] = 0  # hole enclosed on its slice (and in 3D)
+    lab[1:4, 5, 5] = 0  # tube through slices 1..3: enclosed in 2D on each slice, but open
+    # to slice 0 (no cord there: the border of the volume) in 3D
+    lab[3, 3, 3] = 2  # another class inside the cord: not overwritten
+    # 2D: the hole on slice 2 and the tube voxels on 1..3 are all enclosed in-plane
+    out2 = apply_edit(lab, fill_holes(lab, 1, "2d"))
+    assert out2[2, 4, 4] == 1 and out2[1:4, 5, 5].tolist() == [1, 1, 1]
+    assert out2[3, 3, 3] == 2
+    # 3D: the tube is open to the top face (slice 0 has no cord) -> not a hole
+    out3 = apply_edit(lab, fill_holes(lab, 1, "3d"))
+    assert out3[2, 4, 4] == 1 and out3[1:4, 5, 5].tolist() == [0, 0, 0]
+    both = fill_holes(lab, 1, "both")
+    assert both.n_voxels == fill_holes(lab, 1, "2d").n_voxels == 4
+    assert fill_holes(lab, 1, "3d").n_voxels == 1
+    assert fill_holes(lab, 1, "2d", preserve_labels=False).n_voxels == 5
+    with pytest.raises(ValueError, match="'2d'"):
+        fill_holes(lab, 1, "4d")
+
+
+def test_edits_apply_through_a_data_setitem_like_call():
+    lab = np.zeros((3, 5, 5), np.int16)
+    lab[1, 1:4, 1:4] = 1
+    lab[1, 2, 2] = 0
+    edit = fill_holes(lab, 1)
+    target = lab.copy()
+    target[edit.indices] = edit.values  # what napari's layer.data_setitem does
+    assert target[1, 2, 2] == 1 and edit.values.dtype == np.int16
