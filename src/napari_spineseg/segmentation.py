@@ -143,7 +143,13 @@ def _accepted(func, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
     """A loaded engine for ``folder``, from the cache when the same model was loaded."""
-    key = (spec.backend, str(Path(folder).resolve()), settings.device, settings.test_time_aug)
+    key = (
+        spec.backend,
+        str(Path(folder).resolve()),
+        settings.device,
+        settings.test_time_aug,
+        spec.orientation,
+    )
     with _ENGINES_LOCK:
         if key in _ENGINES:
             _ENGINES.move_to_end(key)
@@ -151,7 +157,7 @@ def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
     cls = _engine_class(spec.backend)
     kwargs = {"device": settings.device, "use_mirroring": settings.test_time_aug, "trust": True}
     engine = cls.load(folder, **_accepted(cls.load, kwargs))
-    if spec.backend == "nnunet" and not spec.custom:
+    if spec.backend == "nnunet":
         # SCT: dataset.json's image_orientation wins, else the task's known orientation.
         dj = getattr(engine, "dataset_json", {}) or {}
         if "image_orientation" not in dj and hasattr(engine, "orientation"):
