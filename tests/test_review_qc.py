@@ -250,3 +250,9 @@ def test_real_manual_cord_mask_has_a_plausible_profile():
     s = summary(lab, spacing, {1: "spinal_cord"})[1]
     assert s.volume_mm3 == pytest.approx(4275.0) and s.length_mm == 55.0
     assert edge_slices(t) == EdgeSlabs(None, None)
+
+
+def test_empty_labels_give_an_empty_clean_table():
+    t = slice_table(np.zeros((5, 8, 8), np.uint8), SPACING, CLASSES)
+    assert t.extent == {1: None, 3: None} and not t.flagged().any()
+    assert edge_slices(t) == EdgeSlabs(None, None)

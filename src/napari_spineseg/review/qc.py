@@ -219,6 +219,23 @@ def _class_sets(classes, cord_classes, lesion_classes) -> tuple[tuple[int, ...],
     return cord, lesion
 
 
+def _inplane_crop(occupied: np.ndarray) -> tuple[slice, slice, slice]:
+    """All slices, in-plane bounding box of ``occupied`` padded by one voxel.
+
+    Per-slice areas and components do not depend on the empty surroundings; cropping to
+    the cord's box makes the table about 20x cheaper on a 320x320 in-plane grid.
+    """
+    out = [slice(None)]
+    for axis in (1, 2):
+        other = 2 if axis == 1 else 1
+        idx = np.flatnonzero(occupied.any(axis=(0, other)))
+        if idx.size == 0:
+            out.append(slice(0, 1))
+        else:
+            out.append(slice(max(0, idx[0] - 1), idx[-1] + 2))
+    return tuple(out)  # type: ignore[return-value]
+
+
 def _extent(counts: np.ndarray) -> tuple[int, int] | None:
     nz = np.flatnonzero(counts)
     return (int(nz[0]), int(nz[-1])) if nz.size else None
@@ -262,16 +279,18 @@ def _confidence(labels_c: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 def _lesion_outside(lesion: np.ndarray, cord: np.ndarray) -> np.ndarray:
     """Per slice: some 2D lesion component neither overlaps nor touches the cord."""
+    flag = np.zeros(lesion.shape[0], bool)
+    rows = np.flatnonzero(lesion.any(axis=(1, 2)))  # only slices with a lesion
+    if rows.size == 0:
+        return flag
+    lesion, cord = lesion[rows], cord[rows]
     near = ndimage.binary_dilation(cord, structure=_SLICE_8CONN)
     lab, n = ndimage.label(lesion, structure=_SLICE_8CONN)
-    flag = np.zeros(lesion.shape[0], bool)
-    if n == 0:
-        return flag
     touching = np.zeros(n + 1, bool)
     touching[np.unique(lab[near & lesion])] = True
     for k, obj in enumerate(ndimage.find_objects(lab), start=1):
         if obj is not None and not touching[k]:
-            flag[obj[0].start] = True
+            flag[rows[obj[0].start]] = True
     return flag
 
 
@@ -303,6 +322,18 @@ def slice_table(
     n_slices = labels.shape[0]
     pixel_mm2 = sp[1] * sp[2]
     probabilities = dict(probabilities or {})
+    if cord_reference is not None:
+        cord_reference = np.asarray(cord_reference) > 0
+        if cord_reference.shape != labels.shape:
+            raise LabelsError(
+                f"cord_reference has shape {cord_reference.shape}, the labels {labels.shape}"
+            )
+    occupied = labels != 0
+    if cord_reference is not None:
+        occupied |= cord_reference
+    crop = _inplane_crop(occupied)
+    full_shape = labels.shape
+    labels = labels[crop]
 
     area, comps, conf, extent = {}, {}, {}, {}
     class_flags: dict[str, dict[int, np.ndarray]] = {f: {} for f in FLAGS}
@@ -315,12 +346,12 @@ def slice_table(
         extent[v] = ext = _extent(counts)
         p = probabilities.get(name, probabilities.get(v))
         if p is not None:
-            if np.shape(p) != labels.shape:
+            if np.shape(p) != full_shape:
                 raise LabelsError(
                     f"probability map of class {name!r} has shape {np.shape(p)}, "
-                    f"the labels {labels.shape}: pass maps on the labels' grid"
+                    f"the labels {full_shape}: pass maps on the labels' grid"
                 )
-            conf[v] = _confidence(mask, p)
+            conf[v] = _confidence(mask, np.asarray(p)[crop])
         else:
             conf[v] = np.full(n_slices, np.nan)
 
@@ -338,11 +369,7 @@ def slice_table(
 
     if lesion:
         if cord_reference is not None:
-            cord_mask = np.asarray(cord_reference) > 0
-            if cord_mask.shape != labels.shape:
-                raise LabelsError(
-                    f"cord_reference has shape {cord_mask.shape}, the labels {labels.shape}"
-                )
+            cord_mask = cord_reference[crop]
         else:
             cord_mask = np.isin(labels, cord) if cord else None
         if cord_mask is not None and cord_mask.any():

@@ -54,6 +54,26 @@ def _sdt(mask: np.ndarray, sampling) -> np.ndarray:
     )
 
 
+def _bbox(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...] | None:
+    """Bounding box of ``mask`` grown by ``pad`` voxels (clipped), None if empty.
+
+    The tools work inside it: outside, the class is absent, so components and holes are
+    the same as on the full volume, at a fraction of the cost on a 320x320 grid.
+    """
+    box = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=others))
+        if idx.size == 0:
+            return None
+        box.append(slice(max(0, idx[0] - pad), min(mask.shape[axis], idx[-1] + 1 + pad)))
+    return tuple(box)
+
+
+def _shift(indices: tuple[np.ndarray, ...], box: tuple[slice, ...]) -> tuple[np.ndarray, ...]:
+    return tuple(i + b.start for i, b in zip(indices, box))
+
+
 def interpolate_between(
     labels: np.ndarray,
     value: int,
@@ -116,15 +136,16 @@ def remove_small(
     """
     labels = _check(labels)
     mask = labels == value
-    structure = ndimage.generate_binary_structure(3, connectivity)
-    lab, n = ndimage.label(mask, structure=structure)
-    if n == 0:
+    box = _bbox(mask, pad=0)
+    if box is None:
         return _no_edit(labels)
+    structure = ndimage.generate_binary_structure(3, connectivity)
+    lab, n = ndimage.label(mask[box], structure=structure)
     sizes = np.bincount(lab.ravel(), minlength=n + 1)
     small = sizes < min_voxels
     small[0] = False
     drop = small[lab]
-    return Edit(tuple(np.nonzero(drop)), np.zeros(int(drop.sum()), labels.dtype))
+    return Edit(_shift(np.nonzero(drop), box), np.zeros(int(drop.sum()), labels.dtype))
 
 
 def fill_holes(
@@ -140,7 +161,11 @@ def fill_holes(
     labels = _check(labels)
     if mode not in ("2d", "3d", "both"):
         raise ValueError(f"fill_holes(mode={mode!r}): use '2d', '3d' or 'both'")
-    mask = labels == value
+    full = labels == value
+    box = _bbox(full, pad=1)  # the one-voxel ring keeps the outside connected
+    if box is None:
+        return _no_edit(labels)
+    mask, labels = full[box], labels[box]
     holes = np.zeros_like(mask)
     if mode in ("2d", "both"):
         for k in np.flatnonzero(mask.any(axis=(1, 2))):
@@ -150,4 +175,4 @@ def fill_holes(
     holes &= ~mask
     if preserve_labels:
         holes &= labels == 0
-    return Edit(tuple(np.nonzero(holes)), np.full(int(holes.sum()), value, labels.dtype))
+    return Edit(_shift(np.nonzero(holes), box), np.full(int(holes.sum()), value, labels.dtype))
