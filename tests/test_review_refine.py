@@ -77,6 +77,10 @@ def test_merge_shape_errors(volumes):
         merge_slab(current, original[:5], refined, slab=(1, 4), crop=(0, 6))
     with pytest.raises(LabelsError, match="in-plane grid"):
         merge_slab(current, original, refined[:, :5], slab=(1, 4), crop=(0, 6))
+    wide = refined.astype(np.int16)
+    wide[2, 0, 0] = 300  # a label id a uint8 layer cannot hold: refused, not wrapped to 44
+    with pytest.raises(LabelsError, match="does not fit the layer's uint8"):
+        merge_slab(current, original, wide, slab=(1, 4), crop=(0, 6))
 
 
 def test_trim_clears_the_slab_or_some_classes():

@@ -42,7 +42,7 @@ def correction_record(
     napari-spineseg details (e.g. the task, or the slice axis in file voxel order).
     """
     if version is None:
-        from .. import __version__ as version  # noqa: N811
+        from .. import __version__ as version
     details: dict[str, Any] = {"Version": str(version), "SliceIndices": SLICE_CONVENTION}
     if edits is not None:
         details["VoxelsChanged"] = edits.by_class(classes or {})

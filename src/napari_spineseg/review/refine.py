@@ -102,8 +102,15 @@ def merge_slab(
             f"refined prediction has shape {refined.shape}, expected {expected} "
             f"(slices {c0}..{c1 - 1} on the labels' in-plane grid)"
         )
-    merged = np.array(current, copy=True)
     predicted = refined[start - c0 : stop - c0]
+    if predicted.size and np.issubdtype(current.dtype, np.integer):
+        info = np.iinfo(current.dtype)
+        if predicted.min() < info.min or predicted.max() > info.max:
+            raise LabelsError(
+                f"refined labels range {predicted.min()}..{predicted.max()} does not fit the "
+                f"layer's {current.dtype}: convert the labels layer to a wider integer type"
+            )
+    merged = np.array(current, copy=True)
     new = predicted.astype(current.dtype, copy=True)
     kept = 0
     if keep_edits:
