@@ -1,0 +1,63 @@
+"""Shared test fixtures.
+
+Qt: without a DISPLAY, Qt runs on the ``offscreen`` platform (no window system needed).
+napari's canvas also needs OpenGL, which the offscreen platform often lacks (then every
+layer fails to draw); tests that need a real ``napari.Viewer`` use ``gl_viewer``, which
+skips with the reason when no OpenGL context can be made. Under Xvfb (``xvfb-run`` /
+``.ci/run``) they run.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def pytest_configure(config):
+    if not os.environ.get("DISPLAY") and not os.environ.get("QT_QPA_PLATFORM"):
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+
+_GL_PROBE = """
+import numpy as np, napari
+v = napari.Viewer(show=False)
+v.add_image(np.zeros((2, 2), np.float32))
+v.close()
+print("gl-ok")
+"""
+
+
+@functools.cache
+def napari_gl_problem() -> str | None:
+    """None when a napari viewer can draw here, else why not (probed once, in a subprocess)."""
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", _GL_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return "creating a napari viewer timed out"
+    if "gl-ok" in out.stdout:
+        return None
+    last = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
+    platform = os.environ.get("QT_QPA_PLATFORM") or "default"
+    return (
+        f"napari cannot draw here (Qt platform {platform!r}, DISPLAY="
+        f"{os.environ.get('DISPLAY')!r}): {last}. Run under Xvfb, e.g. xvfb-run -a pytest"
+    )
+
+
+@pytest.fixture
+def gl_viewer(make_napari_viewer):
+    """A real ``napari.Viewer`` (Qt + OpenGL), or skip with the reason it cannot draw."""
+    problem = napari_gl_problem()
+    if problem:
+        pytest.skip(problem)
+    return make_napari_viewer()
