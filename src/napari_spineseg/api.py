@@ -158,13 +158,15 @@ def segment(
     remove_small: str | Sequence[str] | int | None = None,
     test_time_aug: bool = False,
     return_probabilities: bool = True,
+    label_vert: bool = False,
 ) -> SegmentationResult:
     """Segment an image with a task's model; nothing is written (see :func:`save`).
 
     ``task``: a catalog task id or SCT alias; ``model``: an nnU-Net v2 folder or zip of
     your own (needs ``trust=True``: checkpoints are pickles). ``threshold``, ``largest``,
     ``fill_holes``, ``remove_small`` (``"5mm3"`` or ``["10", "20vox"]`` per output) and
-    ``test_time_aug`` are SCT's ``-thr/-largest/-fill-holes/-remove-small/-test-time-aug``;
+    ``test_time_aug`` (and ``label_vert`` for ``spine``) are SCT's ``-thr``, ``-largest``,
+    ``-fill-holes``, ``-remove-small``, ``-test-time-aug`` (``-label-vert``);
     None keeps the task's SCT default. ``progress`` receives
     :class:`~napari_spineseg.progress.Progress`; ``cancel`` aborts at the next report
     (raises :class:`~napari_spineseg.errors.Cancelled`).
@@ -186,6 +188,7 @@ def segment(
         remove_small=_min_sizes(remove_small),
         test_time_aug=bool(test_time_aug),
         device=device or "auto",
+        label_vert=bool(label_vert),
     )
     return run(
         spec,

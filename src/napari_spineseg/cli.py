@@ -98,6 +98,14 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("-fill-holes", dest="fill_holes", type=int, choices=[0, 1])
     seg.add_argument("-remove-small", dest="remove_small", nargs="+", metavar="N[vox|mm3]")
     seg.add_argument("-test-time-aug", dest="tta", action="store_true")
+    seg.add_argument(
+        "-label-vert",
+        dest="label_vert",
+        type=int,
+        choices=[0, 1],
+        default=0,
+        help="spine: also run step 2 (one label per vertebra)",
+    )
     seg.add_argument("-device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
     seg.add_argument("--model", metavar="FOLDER_OR_ZIP", help="your own nnU-Net v2 model")
     seg.add_argument("--trust", action="store_true", help="trust --model (pickle checkpoints)")
@@ -208,6 +216,7 @@ def _cmd_segment(args, out, bar) -> int:
             remove_small=args.remove_small,
             test_time_aug=args.tta,
             return_probabilities=False,
+            label_vert=bool(args.label_vert),
         )
         bar.done()
         for note in result.provenance.get("notes", []):
@@ -228,12 +237,8 @@ def _cmd_demo(args, out) -> int:
     runner = getattr(demo, "main", None) or getattr(demo, "run", None)
     if runner is None:
         raise SpinesegError("the demo module has no entry point")
-    argv = ["--out", args.out] if args.out else []
-    try:
-        rc = runner(argv)
-    except TypeError:
-        rc = runner(out=args.out) if args.out else runner()
-    return int(rc or 0) if isinstance(rc, int) else EXIT_OK
+    rc = runner([args.out] if args.out else [])
+    return int(rc or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -80,6 +80,7 @@ class Settings:
     remove_small: tuple[pp.MinSize, ...] | None = None
     test_time_aug: bool = False
     device: str = "auto"
+    label_vert: bool = False
 
     def resolved(self, spec: TaskSpec) -> Settings:
         """Defaults filled in from the task's SCT post-processing."""
@@ -94,6 +95,7 @@ class Settings:
             remove_small=tuple(rs),
             test_time_aug=self.test_time_aug,
             device=self.device,
+            label_vert=self.label_vert,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class Settings:
             "remove_small": [str(m) for m in self.remove_small or ()],
             "test_time_aug": self.test_time_aug,
             "device": self.device,
+            "label_vert": self.label_vert,
         }
 
 
@@ -156,7 +159,7 @@ def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
             return _ENGINES[key]
     cls = _engine_class(spec.backend)
     kwargs = {"device": settings.device, "use_mirroring": settings.test_time_aug, "trust": True}
-    engine = cls.load(folder, **_accepted(cls.load, kwargs))
+    engine = cls.load(_engine_source(spec, folder), **_accepted(cls.load, kwargs))
     if spec.backend == "nnunet":
         # SCT: dataset.json's image_orientation wins, else the task's known orientation.
         dj = getattr(engine, "dataset_json", {}) or {}
@@ -167,6 +170,20 @@ def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
         while len(_ENGINES) > MAX_CACHED_ENGINES:
             _ENGINES.popitem(last=False)
     return engine
+
+
+def _engine_source(spec: TaskSpec, folder: Path):
+    """TotalSpineSeg: the (step 1, step 2) trainer folders found in the install, else folder."""
+    if spec.backend != "totalspineseg":
+        return folder
+    from .models.archives import find_nnunet_folders
+
+    found = find_nnunet_folders(folder)
+    step1 = [f for f in found if "Dataset101" in str(f) or "step1" in str(f)]
+    step2 = [f for f in found if "Dataset102" in str(f) or "step2" in str(f)]
+    if len(step1) == 1 and len(step2) == 1:
+        return (step1[0], step2[0])
+    return folder
 
 
 def clear_engine_cache() -> None:
@@ -331,6 +348,8 @@ def run(
         )
     image = _image3d(volume)
     opts: dict[str, Any] = {"return_probabilities": return_probabilities}
+    if spec.backend == "totalspineseg":
+        opts["label_vert"] = settings.label_vert
     if spec.backend == "ivadomed_onnx":
         opts.update(
             threshold=settings.threshold,
