@@ -303,9 +303,9 @@ def export(net, path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
-def write_release(onnx_bytes: bytes, json_text: str) -> Path:
+def write_release(onnx_bytes: bytes, json_text: str, out: Path) -> Path:
     """The release zip, reproducible: fixed order, timestamps and permissions."""
-    zpath = OUT / ZIP_NAME
+    zpath = out / ZIP_NAME
     entries = [
         (f"{ARCHIVE_TOP}/", None),
         (f"{ARCHIVE_TOP}/README.md", README.encode()),
@@ -352,8 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--check", action="store_true", help="only evaluate the committed model")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"output folder (default {OUT})")
     args = ap.parse_args(argv)
-    model_dir = OUT / NAME
+    out = args.out
+    model_dir = out / NAME
     if not args.check:
         model_dir.mkdir(parents=True, exist_ok=True)
         net = train(args.steps)
@@ -361,10 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         export(net, onnx_path)
         json_text = json.dumps(CONFIG, indent=4) + "\n"
         (model_dir / f"{NAME}.json").write_text(json_text, encoding="utf-8")
-        zpath = write_release(onnx_path.read_bytes(), json_text)
+        zpath = write_release(onnx_path.read_bytes(), json_text, out)
         digest = hashlib.sha256(zpath.read_bytes()).hexdigest()
-        (OUT / "SHA256").write_text(f"{digest}  {ZIP_NAME}\n", encoding="utf-8")
-        size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
+        (out / "SHA256").write_text(f"{digest}  {ZIP_NAME}\n", encoding="utf-8")
+        size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         print(
             f"wrote {onnx_path} ({onnx_path.stat().st_size} B), {zpath.name} "
             f"({zpath.stat().st_size} B), sha256 {digest}; total {size} B"

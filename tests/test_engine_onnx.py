@@ -22,8 +22,12 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from napari_spineseg.engines.base import Prediction
-from napari_spineseg.engines.ivadomed_onnx import MODEL_NAME, IvadomedOnnxModel
-from napari_spineseg.errors import Cancelled, ModelNotInstalledError
+from napari_spineseg.engines.ivadomed_onnx import (
+    MODEL_NAME,
+    IvadomedOnnxModel,
+    parse_remove_small,
+)
+from napari_spineseg.errors import Cancelled, ModelNotInstalledError, SpinesegError
 from napari_spineseg.phantom import cord_phantom
 from napari_spineseg.progress import CancelToken, Reporter
 
@@ -186,6 +190,31 @@ def test_remove_small_uses_18_connectivity_per_class(model):
     steps, _ = model._postprocessing_steps(None, 0, False, False)
     out = model._apply_postprocessing(probs, steps, (1.0, 1.0, 1.0))
     assert out.sum() == 8  # remove_small off: every voxel >= 0.5 stays
+
+
+def test_remove_small_settings_and_bad_values(model):
+    assert parse_remove_small("5mm3", (0.5, 0.5, 2.0), 2) == [10, 10]
+    assert parse_remove_small(["10", "20", "10vox"], (1, 1, 1), 2) == [10, 20]
+    assert parse_remove_small({"unit": "vox", "thr": 3}, (1, 1, 1), 2) == [3, 3]
+    with pytest.raises(SpinesegError, match="remove_small"):
+        parse_remove_small("three", (1, 1, 1), 2)
+    img = nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4))
+    with pytest.raises(SpinesegError, match="threshold"):
+        model.predict(img, Reporter(), threshold=1.5)
+
+
+def test_keep_largest_and_fill_holes_when_switched_on(model):
+    probs = np.zeros((12, 12, 12, 2), np.float32)
+    probs[0:2, 0:2, 0:2, 0] = 0.8  # 8 voxels, isolated: dropped
+    probs[5:12, 5:12, 5:12, 0] = 0.9  # 343 voxels: the largest object
+    probs[2:7, 2:7, 2:7, 1] = 0.9  # a hollow cube in class 1, overlapping the big blob
+    probs[3:6, 3:6, 3:6, 1] = 0.0
+    steps, _ = model._postprocessing_steps(None, 0, True, True)
+    out = model._apply_postprocessing(probs, steps, (1.0, 1.0, 1.0))
+    assert out[0:2, 0:2, 0:2, 0].sum() == 0 and out[5:12, 5:12, 5:12, 0].all()
+    # ivadomed labels the 4D (x, y, z, class) array, so the class-1 cube is part of the
+    # largest object through the overlap; fill_holes then fills its inside.
+    assert out[2:7, 2:7, 2:7, 1].all()
 
 
 # ------------------------------------------------------------------------------------------

@@ -214,11 +214,13 @@ def parse_remove_small(value: Any, zooms: Sequence[float], n_classes: int) -> li
         if isinstance(v, str):
             m = re.fullmatch(r"\s*([0-9.]+)\s*(vox|mm3)?\s*", v.lower())
             if not m:
-                raise ValueError(f"remove_small: cannot read {v!r}; use e.g. 3, '3vox' or '5mm3'")
+                raise SpinesegError(
+                    f"remove_small: cannot read {v!r}; use e.g. 3, '3vox' or '5mm3'"
+                )
             v = float(m.group(1))
         nums.append(float(v))
     if unit not in ("vox", "mm3"):
-        raise ValueError(f"remove_small: unit must be 'vox' or 'mm3', got {unit!r}")
+        raise SpinesegError(f"remove_small: unit must be 'vox' or 'mm3', got {unit!r}")
     if unit == "mm3":
         vol = float(np.prod([float(z) for z in zooms[:3]]))
         nums = [float(np.round(v / vol)) for v in nums]
@@ -439,7 +441,10 @@ class IvadomedOnnxModel:
         probs[probs <= NOISE_FLOOR] = 0
 
         steps, soft = self._postprocessing_steps(threshold, remove_small, keep_largest, fill_holes)
+        # ivadomed converts mm3 with the header's pixdim; a 2D header has no 3rd size.
         pixdim = tuple(float(z) for z in img3d.header.get_zooms()[:3])
+        if len(pixdim) < 3 or min(pixdim) <= 0:
+            pixdim = tuple(float(v) for v in np.sqrt((img3d.affine[:3, :3] ** 2).sum(axis=0)))
         post = self._apply_postprocessing(probs, steps, pixdim)
         if soft:
             soft_out = post.astype(np.float32)
@@ -488,7 +493,9 @@ class IvadomedOnnxModel:
         if threshold is not None:
             thr = float(threshold)
             if thr > 1:
-                raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+                raise SpinesegError(
+                    f"threshold must be in [0, 1] (0 = soft output), got {threshold}"
+                )
             if thr <= 0:
                 post.pop("binarize_prediction", None)
                 soft = True
