@@ -308,3 +308,16 @@ def test_sample_data_labels_save_on_phantom_grid(tmp_path):
     assert nib.aff2axcodes(saved.affine) == ("P", "S", "R")
     np.testing.assert_array_equal(np.asanyarray(saved.dataobj), vol.geometry.to_file(lab))
     assert os.path.getsize(out) > 0
+
+
+def test_demo_writes_verified_outputs(tmp_path, capsys):
+    from napari_spineseg.demo import run_demo
+
+    result = run_demo(tmp_path / "demo")
+    assert nib.aff2axcodes(nib.load(str(result["image"])).affine) == ("P", "S", "R")
+    mask = _file_data(result["mask"])
+    assert set(np.unique(mask)) == {0, 1, 2}
+    assert result["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(tmp_path / "demo") in capsys.readouterr().out
+    again = run_demo(tmp_path / "demo", verbose=False)  # a re-run replaces its files
+    np.testing.assert_array_equal(_file_data(again["mask"]), mask)

@@ -22,7 +22,8 @@ class NiftiError(SpinesegError, ValueError):
 
 
 class LabelsError(SpinesegError, ValueError):
-    """A label array cannot be written as a mask without changing its values."""
+    """A label array cannot be used as given (written without changing its values, merged,
+    interpolated...)."""
 
 
 class SaveRefusedError(SpinesegError, OSError):

@@ -1,4 +1,4 @@
-"""Correction record for the JSON sidecar (napari_spineseg.review.provenance)."""
+"""Correction record for the JSON sidecar (napari_spineseg.correction.provenance)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import numpy as np
 import pytest
 
-from napari_spineseg.review.edits import EditTracker
-from napari_spineseg.review.provenance import correction_record, extend_sidecar
+from napari_spineseg.correction.edits import EditTracker
+from napari_spineseg.correction.provenance import correction_record, extend_sidecar
 
 SCT = {
     "GeneratedBy": [

@@ -1,4 +1,4 @@
-"""Crash-recovery autosave (napari_spineseg.review.autosave)."""
+"""Crash-recovery autosave (napari_spineseg.correction.autosave)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_spineseg.errors import SaveRefusedError, SpinesegError
-from napari_spineseg.review import autosave
-from napari_spineseg.review.autosave import Autosaver, discard, find_recoveries, restore
+from napari_spineseg.correction import autosave
+from napari_spineseg.correction.autosave import Autosaver, discard, find_recoveries, restore
 
 SHA = "ab" * 32
 

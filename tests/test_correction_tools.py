@@ -1,4 +1,4 @@
-"""Correction tools that return edits (napari_spineseg.review.tools)."""
+"""Correction tools that return edits (napari_spineseg.correction.tools)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_spineseg.errors import LabelsError
-from napari_spineseg.review.tools import (
+from napari_spineseg.correction.tools import (
     apply_edit,
     fill_holes,
     interpolate_between,

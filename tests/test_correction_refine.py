@@ -1,4 +1,4 @@
-"""Crop-and-refine merge and trim (napari_spineseg.review.refine)."""
+"""Crop-and-refine merge and trim (napari_spineseg.correction.refine)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_spineseg.errors import LabelsError
-from napari_spineseg.review.refine import merge_slab, slab_with_margin, trim_slab
-from napari_spineseg.review.tools import apply_edit
+from napari_spineseg.correction.refine import merge_slab, slab_with_margin, trim_slab
+from napari_spineseg.correction.tools import apply_edit
 
 
 def test_slab_with_margin_is_clipped():

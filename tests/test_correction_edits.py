@@ -1,4 +1,4 @@
-"""Edit tracking against the model output (napari_spineseg.review.edits)."""
+"""Edit tracking against the model output (napari_spineseg.correction.edits)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_spineseg.errors import LabelsError
-from napari_spineseg.review.edits import EditTracker
+from napari_spineseg.correction.edits import EditTracker
 
 
 def model_output() -> np.ndarray:
