@@ -135,7 +135,11 @@ class Volume:
         if data.dtype.kind not in "iuf" or data.dtype.itemsize > 8:
             data = data.astype(np.float32)
         hdr.set_data_dtype(data.dtype)
-        img = type(self.nifti)(data, None, header=hdr)
+        # Pass the affine explicitly: with affine=None nibabel leaves ``img.affine`` unset,
+        # and models only need the geometry (the saved masks use the source header).
+        img = type(self.nifti)(data, self.affine, header=hdr)
+        img.header.set_qform(self.header.get_qform(), int(self.header["qform_code"]))
+        img.header.set_sform(self.header.get_sform(), int(self.header["sform_code"]))
         return img
 
     def looks_like_labels(self) -> bool:
@@ -289,6 +293,8 @@ def _read_data(path: Path | None, img) -> np.ndarray:
         if not isinstance(dataobj, np.ndarray) and (slope != 1 or inter != 0):
             # Scaled integers: float32 is enough and half the memory of nibabel's float64.
             data = img.get_fdata(dtype=np.float32)
+        elif path is not None and _is_gzip_proxy(dataobj, path):
+            data = _read_gzip_array(path, dataobj)
         else:
             data = np.asanyarray(dataobj)
     except (EOFError, OSError, zlib.error, ValueError) as exc:
@@ -302,6 +308,43 @@ def _read_data(path: Path | None, img) -> np.ndarray:
         data = data.astype(data.dtype.newbyteorder("="))  # big-endian file: one copy
     if data.dtype.names is not None:
         raise NiftiError(path, "structured (RGB) data is not a scalar MRI volume")
+    return data
+
+
+#: Decompression chunk: bounds the transient copy Python's gzip makes per read.
+GZIP_CHUNK = 4 << 20
+
+
+def _is_gzip_proxy(dataobj, path: Path) -> bool:
+    return (
+        hasattr(dataobj, "offset")
+        and getattr(dataobj, "order", "F") == "F"
+        and path.name.lower().endswith(".gz")
+    )
+
+
+def _read_gzip_array(path: Path, dataobj) -> np.ndarray:
+    """Decompress the voxels straight into their final array, in chunks.
+
+    ``np.asanyarray(proxy)`` peaks at twice the array size: Python's
+    ``GzipFile.readinto`` decompresses the whole request into a temporary ``bytes``
+    before copying it. Reading in 4 MB chunks keeps the peak at the array + 4 MB.
+    """
+    import gzip
+
+    dtype = np.dtype(dataobj.dtype)
+    shape = tuple(int(s) for s in dataobj.shape)
+    data = np.empty(shape, dtype=dtype, order="F")
+    view = memoryview(data.reshape(-1, order="F")).cast("B")
+    total = len(view)
+    with gzip.open(path, "rb") as fh:
+        fh.seek(int(dataobj.offset))
+        pos = 0
+        while pos < total:
+            got = fh.readinto(view[pos : min(pos + GZIP_CHUNK, total)])
+            if not got:
+                raise EOFError(f"Expected {total} bytes of voxel data, got {pos}")
+            pos += got
     return data
 
 
@@ -321,6 +364,12 @@ def _sample(data: np.ndarray, max_items: int = 2_000_000) -> np.ndarray:
 
 
 def _few_values(data: np.ndarray, limit: int = 64) -> bool:
+    # An image has many values: a small sample settles it without sorting millions.
+    quick = _sample(data, max_items=65_536)
+    if quick.dtype.kind == "f":
+        quick = quick[np.isfinite(quick)]
+    if np.unique(quick).size > limit:
+        return False
     sample = _sample(data)
     if sample.dtype.kind == "f":
         sample = sample[np.isfinite(sample)]
