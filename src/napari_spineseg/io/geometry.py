@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
@@ -62,6 +61,7 @@ class DisplayGeometry:
             raise ValueError(f"spatial shape must be 2D or 3D, got {spatial_shape}")
         shape3 = tuple(int(s) for s in spatial_shape) + (1,) * (3 - file_ndim)
         file_ornt = nio.io_orientation(affine)
+        axcodes = nio.ornt2axcodes(file_ornt)  # = nib.aff2axcodes(affine), computed once
         if np.isnan(file_ornt).any():
             # Degenerate affine (a zero column): fall back to voxel order.
             file_ornt = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
@@ -93,7 +93,6 @@ class DisplayGeometry:
             true = lin @ corners + origin[:, None]
             shown = scale[:, None] * corners + translate[:, None]
             displacement = float(np.sqrt(((true - shown) ** 2).sum(axis=0)).max())
-        axcodes = nib.aff2axcodes(affine)
         return cls(
             file_shape=shape3,
             file_ndim=file_ndim,
