@@ -48,7 +48,7 @@ PHANTOM_LABELS: dict[str, int] = {
 # T2w-like relative intensities (CSF brightest, cord mid-grey, GM slightly brighter than WM,
 # lesion hyperintense, rootlets dark inside the CSF, dura/bone ring dark).
 _INTENSITY = {
-    "tissue": 0.30,
+    "tissue": 0.22,
     "dura": 0.12,
     "csf": 1.00,
     "cord": 0.45,
@@ -202,7 +202,7 @@ def _finish_image(img, zooms, rng, noise, dtype):
     texture = ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 2.0)
     texture /= max(float(texture.std()), 1e-6)
     tissue = img < 0.4
-    img = img + tissue * 0.05 * texture
+    img = img + tissue * 0.03 * texture
     bias = 1.0 + 0.08 * np.linspace(-1, 1, img.shape[1])[None, :, None]
     img = img * bias
     re = img + noise * rng.standard_normal(img.shape)
