@@ -54,10 +54,18 @@ def napari_gl_problem() -> str | None:
     )
 
 
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # napari's make_napari_viewer teardown reads item.rep_call (napari's own conftest sets it).
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 @pytest.fixture
-def gl_viewer(make_napari_viewer):
+def gl_viewer(request):
     """A real ``napari.Viewer`` (Qt + OpenGL), or skip with the reason it cannot draw."""
     problem = napari_gl_problem()
     if problem:
         pytest.skip(problem)
-    return make_napari_viewer()
+    return request.getfixturevalue("make_napari_viewer")()

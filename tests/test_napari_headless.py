@@ -1,0 +1,158 @@
+"""The plugin inside napari: open, overlay, sample data, "New labels" -> save.
+
+Most checks use ``napari.components.ViewerModel`` (the viewer without Qt or OpenGL: the
+same layer list, plugin reader/writer dispatch and transforms), so they run anywhere.
+The ones that need a real ``napari.Viewer`` use the ``gl_viewer`` fixture (skipped with
+the reason when napari cannot draw, e.g. Qt offscreen without OpenGL; run under Xvfb).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+napari = pytest.importorskip("napari")
+
+from napari.components import ViewerModel  # noqa: E402
+from napari.layers import Image, Labels  # noqa: E402
+
+from napari_spineseg.errors import GeometryWarning  # noqa: E402
+from napari_spineseg.io.geometry import RAS_TO_DISPLAY  # noqa: E402
+
+PLUGIN = "napari-spineseg"
+DATA = Path(__file__).resolve().parents[1].parent / "shared/data/sct_testing_data"
+
+
+def _data(rel: str) -> Path:
+    p = DATA / rel
+    if not p.exists():
+        pytest.skip(f"SCT testing data not found at {p} (needs ../shared/data next to the repo)")
+    return p
+
+
+def _open(viewer, path) -> list:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)
+        return viewer.open(str(path), plugin=PLUGIN)
+
+
+def _world_of_file_voxel(path, index) -> np.ndarray:
+    """Display world (I, P, L) mm of a file voxel, computed from the NIfTI affine alone."""
+    ras = nib.load(str(path)).affine @ np.append(np.asarray(index, float), 1.0)
+    return RAS_TO_DISPLAY @ ras[:3]
+
+
+def _affine(layer) -> np.ndarray:
+    return np.asarray(layer._data_to_world.affine_matrix)
+
+
+def _new_labels_from(viewer, image):
+    """What the "New labels" button does with ``image`` selected."""
+    viewer.layers.selection.active = image
+    viewer._new_labels()
+    return viewer.layers[-1]
+
+
+def test_t2_image_and_manual_mask_overlay_exactly():
+    t2, seg = _data("t2/t2.nii.gz"), _data("t2/t2_seg-manual.nii.gz")
+    viewer = ViewerModel()
+    (img,) = _open(viewer, t2)
+    (lab,) = _open(viewer, seg)
+    assert isinstance(img, Image) and isinstance(lab, Labels)
+    np.testing.assert_allclose(img.extent.world, lab.extent.world)
+    np.testing.assert_allclose(_affine(img), _affine(lab))
+    assert viewer.dims.axis_labels == ("S-I", "A-P", "R-L")
+    # Every labelled file voxel shows up labelled, over the image voxel it labels.
+    mask = np.asanyarray(nib.load(str(seg)).dataobj)
+    image = np.asanyarray(nib.load(str(t2)).dataobj)
+    rng = np.random.default_rng(0)
+    cord = np.argwhere(mask > 0)
+    for index in cord[rng.choice(len(cord), 25, replace=False)]:
+        world = _world_of_file_voxel(seg, index)
+        viewer.dims.point = tuple(world)  # get_value reads the displayed slice
+        assert lab.get_value(world, world=True) == mask[tuple(index)]
+        assert img.get_value(world, world=True) == image[tuple(index)]
+
+
+def test_reader_error_reaches_the_user_with_its_message(tmp_path):
+    bad = tmp_path / "truncated.nii"
+    good = _data("t2/t2.nii.gz")
+    raw = nib.load(str(good))
+    nib.save(nib.Nifti1Image(np.asanyarray(raw.dataobj), raw.affine), bad)
+    bad.write_bytes(bad.read_bytes()[:2000])
+    with pytest.raises(Exception, match="truncated"):
+        ViewerModel().open(str(bad), plugin=PLUGIN)
+
+
+def test_sample_data_opens_as_image_and_named_labels():
+    viewer = ViewerModel()
+    layers = viewer.open_sample(PLUGIN, "cord_phantom")
+    assert [type(layer) for layer in layers] == [Image, Labels]
+    img, lab = layers
+    np.testing.assert_allclose(_affine(img), _affine(lab))
+    assert list(lab.features["class"]) == ["background", "spinal cord", "CSF"]
+    assert set(np.unique(lab.data)) == {0, 1, 2}
+    # The hover status names the class under the cursor.
+    cord = np.argwhere(lab.data == 1)[0]
+    world = lab.data_to_world(cord)
+    status = lab.get_status(world, view_direction=None, dims_displayed=[1, 2], world=True)
+    assert "spinal cord" in str(status)
+
+
+def _check_new_labels_saved(viewer, image_path, tmp_path) -> None:
+    (img,) = _open(viewer, image_path)
+    new = _new_labels_from(viewer, img)
+    assert isinstance(new, Labels)
+    assert "spineseg" not in new.metadata  # napari >= 0.7 does not copy metadata
+    np.testing.assert_allclose(_affine(new), _affine(img))
+    display_index = (17, 23, 29)
+    new.data_setitem(tuple(np.array([i]) for i in display_index), 3)
+    out = tmp_path / "new_seg.nii.gz"
+    written = new.save(str(out), plugin=PLUGIN)
+    assert Path(written[0]) == out.absolute()
+    saved = nib.load(str(out))
+    source = nib.load(str(image_path))
+    np.testing.assert_array_equal(saved.affine, source.affine)
+    assert saved.header["qform_code"] == source.header["qform_code"]
+    data = np.asanyarray(saved.dataobj)
+    (found,) = np.argwhere(data == 3)
+    assert np.count_nonzero(data) == 1
+    # The painted voxel is at the world position napari showed it at.
+    world = new.data_to_world(display_index)
+    np.testing.assert_allclose(_world_of_file_voxel(out, found), world, atol=1e-4)
+
+
+def test_new_labels_layer_saves_on_the_image_grid(tmp_path, monkeypatch):
+    viewer = ViewerModel()
+    # A Qt viewer is napari.current_viewer(); ViewerModel is not, so stand in for it.
+    monkeypatch.setattr(napari, "current_viewer", lambda: viewer)
+    _check_new_labels_saved(viewer, _data("t2/t2.nii.gz"), tmp_path)
+
+
+def test_new_labels_without_its_image_is_refused(tmp_path, monkeypatch):
+    viewer = ViewerModel()
+    monkeypatch.setattr(napari, "current_viewer", lambda: viewer)
+    (img,) = _open(viewer, _data("t2/t2.nii.gz"))
+    new = _new_labels_from(viewer, img)
+    viewer.layers.remove(img)
+    with pytest.raises(Exception, match="(?i)open the source image with napari-spineseg"):
+        new.save(str(tmp_path / "x_seg.nii.gz"), plugin=PLUGIN)
+    assert not (tmp_path / "x_seg.nii.gz").exists()
+
+
+@pytest.mark.qt
+def test_qt_viewer_new_labels_saved_via_current_viewer(gl_viewer, tmp_path):
+    _check_new_labels_saved(gl_viewer, _data("t2/t2.nii.gz"), tmp_path)
+
+
+@pytest.mark.qt
+def test_qt_viewer_opens_t2_and_mask(gl_viewer):
+    (img,) = _open(gl_viewer, _data("t2/t2.nii.gz"))
+    (lab,) = _open(gl_viewer, _data("t2/t2_seg-manual.nii.gz"))
+    np.testing.assert_allclose(img.extent.world, lab.extent.world)
+    np.testing.assert_allclose(_affine(img), _affine(lab))
+    assert tuple(gl_viewer.dims.axis_labels) == ("S-I", "A-P", "R-L")
