@@ -6,6 +6,8 @@
     spineseg segment TASK -i IMG [-o OUT] [-thr F] [-largest {0,1}] [-fill-holes {0,1}]
                      [-remove-small N[vox|mm3] ...] [-test-time-aug] [-device D]
                      [--model FOLDER_OR_ZIP --trust]
+    spineseg batch TASK -i IMG [IMG ...] [-o OUTDIR] [--workers N] [--threads N]
+                   [--scheduler ADDRESS] [SCT flags as segment] [--model FOLDER_OR_ZIP --trust]
     spineseg demo [--out DIR]
 
 Flags follow ``sct_deepseg`` so that SCT users can switch without relearning. Exit codes:
@@ -93,12 +95,39 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("task", nargs="?", help="task id or SCT name (see `spineseg tasks`)")
     seg.add_argument("-i", dest="input", required=True, nargs="+", metavar="IMG")
     seg.add_argument("-o", dest="output", metavar="OUT", help="output name (as sct_deepseg -o)")
-    seg.add_argument("-thr", dest="threshold", type=float, metavar="F")
-    seg.add_argument("-largest", type=int, choices=[0, 1])
-    seg.add_argument("-fill-holes", dest="fill_holes", type=int, choices=[0, 1])
-    seg.add_argument("-remove-small", dest="remove_small", nargs="+", metavar="N[vox|mm3]")
-    seg.add_argument("-test-time-aug", dest="tta", action="store_true")
-    seg.add_argument(
+    _add_sct_flags(seg, device="auto")
+
+    bat = sub.add_parser(
+        "batch", help="segment many images in parallel on a dask cluster (docs/batch.md)"
+    )
+    bat.add_argument("task", nargs="?", help="task id or SCT name (see `spineseg tasks`)")
+    bat.add_argument("-i", dest="input", required=True, nargs="+", metavar="IMG")
+    bat.add_argument(
+        "-o",
+        dest="output",
+        metavar="OUTDIR",
+        help="folder for every mask (default: next to each image)",
+    )
+    bat.add_argument("--workers", type=int, metavar="N", help="worker processes (local)")
+    bat.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads per worker")
+    bat.add_argument(
+        "--scheduler", metavar="ADDRESS", help="use a running dask scheduler (tcp://host:8786)"
+    )
+    _add_sct_flags(bat, device="cpu")
+
+    demo = sub.add_parser("demo", help="run the demo on a synthetic phantom")
+    demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
+    return p
+
+
+def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
+    """sct_deepseg's post-processing/inference flags, shared by segment and batch."""
+    p.add_argument("-thr", dest="threshold", type=float, metavar="F")
+    p.add_argument("-largest", type=int, choices=[0, 1])
+    p.add_argument("-fill-holes", dest="fill_holes", type=int, choices=[0, 1])
+    p.add_argument("-remove-small", dest="remove_small", nargs="+", metavar="N[vox|mm3]")
+    p.add_argument("-test-time-aug", dest="tta", action="store_true")
+    p.add_argument(
         "-label-vert",
         dest="label_vert",
         type=int,
@@ -106,14 +135,10 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="spine: also run step 2 (one label per vertebra)",
     )
-    seg.add_argument("-device", default="auto", help="auto|cpu|cuda|cuda:N|mps")
-    seg.add_argument("--model", metavar="FOLDER_OR_ZIP", help="your own nnU-Net v2 model")
-    seg.add_argument("--trust", action="store_true", help="trust --model (pickle checkpoints)")
-    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-
-    demo = sub.add_parser("demo", help="run the demo on a synthetic phantom")
-    demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
-    return p
+    p.add_argument("-device", default=device, help="auto|cpu|cuda|cuda:N|mps")
+    p.add_argument("--model", metavar="FOLDER_OR_ZIP", help="your own nnU-Net v2 model")
+    p.add_argument("--trust", action="store_true", help="trust --model (pickle checkpoints)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -229,6 +254,38 @@ def _cmd_segment(args, out, bar) -> int:
     return EXIT_OK
 
 
+def _cmd_batch(args, out) -> int:
+    from .batch import segment_many, summary
+
+    if args.task is None and args.model is None:
+        raise SpinesegError("batch: give a TASK (see `spineseg tasks`) or --model FOLDER")
+
+    def progress(p: Progress) -> None:
+        sys.stderr.write(f"[{p.step}/{p.total}] {p.stage}\n")
+        sys.stderr.flush()
+
+    items = segment_many(
+        args.input,
+        args.task,
+        out_dir=args.output,
+        model=args.model,
+        trust=args.trust,
+        device=args.device,
+        client=args.scheduler,
+        n_workers=args.workers,
+        threads_per_worker=args.threads,
+        threshold=args.threshold,
+        largest=None if args.largest is None else bool(args.largest),
+        fill_holes=None if args.fill_holes is None else bool(args.fill_holes),
+        remove_small=args.remove_small,
+        test_time_aug=args.tta,
+        label_vert=bool(args.label_vert),
+        progress=None if args.quiet else progress,
+    )
+    out.write(summary(items) + "\n")
+    return EXIT_OK if all(it.ok for it in items) else EXIT_ERROR
+
+
 def _cmd_demo(args, out) -> int:
     try:
         from . import demo
@@ -256,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_models(args, out)
         if args.command == "segment":
             return _cmd_segment(args, out, bar)
+        if args.command == "batch":
+            return _cmd_batch(args, out)
         if args.command == "demo":
             return _cmd_demo(args, out)
     except (Cancelled, KeyboardInterrupt):

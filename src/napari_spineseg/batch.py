@@ -1,0 +1,323 @@
+"""Segment many scans in parallel on a dask.distributed cluster.
+
+>>> from napari_spineseg.batch import segment_many
+>>> items = segment_many(sorted(Path("bids").rglob("*_T2w.nii.gz")), "lesion_sci_t2",
+...                      out_dir="derivatives/spineseg", n_workers=4, threads_per_worker=2)
+>>> [i.path for i in items if i.error]          # what failed, and why: i.error
+
+Why dask.distributed rather than a loop or a thread pool: a worker is a *process* that
+stays alive between files, so the model is loaded once per worker (the engine cache of
+:mod:`napari_spineseg.segmentation` lives in the worker process) and a crash, a leak or an
+out-of-memory kill in one file costs only that worker, which the nanny restarts. The same
+code runs on a laptop (a ``LocalCluster`` started and closed here) or on a cluster
+(``client=`` / ``spineseg batch --scheduler ADDRESS``).
+
+Each task is exactly :func:`api.segment` + :func:`api.save` on one file: SCT file names,
+JSON sidecars, atomic writes, previous versions kept. A failure is recorded on its item
+(the message kept) and never stops the batch.
+
+Threads: every worker runs **one file at a time** (dask ``nthreads=1``) and gives its
+inference ``threads_per_worker`` CPU threads (torch / onnxruntime intra-op, through
+``SPINESEG_NUM_THREADS``), so ``n_workers * threads_per_worker`` should not exceed the
+cores. On your own cluster start the workers with ``--nthreads 1`` for the same reason
+(several files at once in one worker would share, and oversubscribe, one model).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .catalog import TaskSpec
+from .errors import Cancelled, SpinesegError
+from .progress import CancelToken, Progress, ProgressCallback
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+
+__all__ = ["BatchItem", "default_workers", "segment_many", "summary"]
+
+INSTALL_HINT = "pip install 'napari-spineseg[batch]'"
+
+
+@dataclass
+class BatchItem:
+    """The outcome of one file: the masks written, or why it failed.
+
+    ``outputs`` is None when the file failed; ``error`` then holds the message (a
+    :class:`~napari_spineseg.errors.SpinesegError`'s message as is, otherwise prefixed with
+    the exception type). ``seconds`` is the wall time on the worker (load + segment +
+    save); ``worker`` the dask worker that ran it; ``notes`` what the run noted (e.g. a 4D
+    input averaged over time).
+    """
+
+    path: Path
+    outputs: list[Path] | None
+    error: str | None
+    seconds: float
+    worker: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _distributed():
+    """The ``distributed`` module, or a SpinesegError that says how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise SpinesegError(
+            "batch segmentation needs dask.distributed, which is not installed; "
+            f"install it with: {INSTALL_HINT}"
+        ) from exc
+    return distributed
+
+
+def default_workers(threads_per_worker: int = 1) -> int:
+    """Usable cores // threads per worker (at least 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        cores = len(os.sched_getaffinity(0))
+    else:  # pragma: no cover
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(threads_per_worker)))
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+def _segment_one(
+    path: str,
+    task: str | TaskSpec | None,
+    out_dir: str | None,
+    model: str | None,
+    trust: bool,
+    device: str,
+    threads: int,
+    client_pid: int,
+    options: dict[str, Any],
+) -> BatchItem:
+    """Runs on a worker: api.segment + api.save on one file; never raises."""
+    from . import api
+
+    # Inference threads of this worker process. Not in the client's own process (a
+    # threaded LocalCluster): there the user's environment stays the user's.
+    if os.getpid() != client_pid:
+        os.environ["SPINESEG_NUM_THREADS"] = str(threads)
+    worker = None
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().address
+    except (ImportError, ValueError):  # pragma: no cover - called outside a worker
+        pass
+    t0 = time.perf_counter()
+    try:
+        result = api.segment(
+            path,
+            task=task,
+            model=model,
+            device=device,
+            trust=trust,
+            return_probabilities=False,
+            **options,
+        )
+        written = api.save(result, out_dir)
+    except SpinesegError as exc:
+        return BatchItem(Path(path), None, str(exc), time.perf_counter() - t0, worker)
+    except Exception as exc:  # a bug or an unexpected input: keep the batch going
+        msg = f"{type(exc).__name__}: {exc}"
+        return BatchItem(Path(path), None, msg, time.perf_counter() - t0, worker)
+    notes = [str(n) for n in result.provenance.get("notes", [])]
+    return BatchItem(Path(path), written, None, time.perf_counter() - t0, worker, notes)
+
+
+# ----------------------------------------------------------------------------- client side
+
+
+def _check_names(paths: list[Path], out_dir: Path | None) -> None:
+    """Refuse a batch in which two inputs would write the same mask files."""
+    from .io.checks import split_nifti_name
+
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        base = split_nifti_name(p.name)[0]
+        target = (out_dir if out_dir is not None else p.parent) / base
+        if target in seen:
+            what = "is listed twice" if seen[target] == p else f"and {seen[target]}"
+            raise SpinesegError(
+                f"{p} {what} would write the same output files ({target}_*.nii.gz); "
+                "remove the duplicate or segment them into different output folders"
+            )
+        seen[target] = p
+
+
+def _precheck(task, model, trust: bool) -> None:
+    """Fail once, before starting workers, when the task or model cannot run at all.
+
+    A custom model zip is also extracted here, once, so that the workers find it in the
+    store instead of all extracting it at the same time.
+    """
+    from . import catalog
+    from .models import store
+
+    if task is None and model is None:
+        raise SpinesegError("batch: give a task (see `spineseg tasks`) or model=<folder>")
+    if model is not None:
+        store.prepare_custom(model, trust=trust)  # raises when untrusted or not a model
+        if task is not None:
+            catalog.get_task(task)
+        return
+    store.model_folder(store._spec_for(task))  # raises with the install command
+
+
+def segment_many(
+    paths: Sequence[str | os.PathLike],
+    task: str | TaskSpec | None = None,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    model: str | os.PathLike | None = None,
+    trust: bool = False,
+    device: str = "cpu",
+    client: Client | str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    threshold: float | None = None,
+    largest: bool | None = None,
+    fill_holes: bool | None = None,
+    remove_small: str | Sequence[str] | int | None = None,
+    test_time_aug: bool = False,
+    label_vert: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> list[BatchItem]:
+    """Segment every file of ``paths`` with ``task`` (or ``model``), one dask task each.
+
+    Returns one :class:`BatchItem` per input, in the order given; a file that fails does
+    not stop the others (its ``error`` says why). Masks are written as :func:`api.save`
+    writes them: next to each input, or into ``out_dir`` (created if needed) with the
+    input's name and the task's SCT suffixes.
+
+    ``client``: a ``distributed.Client`` or a scheduler address (``"tcp://host:8786"``);
+    when None, a ``LocalCluster`` of ``n_workers`` processes (default: cores //
+    ``threads_per_worker``, at most one per file) is started and closed here.
+    ``threads_per_worker``: CPU threads of each worker's inference (one file at a time per
+    worker). ``threshold`` ... ``label_vert``: as :func:`api.segment`. ``progress`` gets a
+    :class:`~napari_spineseg.progress.Progress` each time a file finishes; ``cancel`` stops
+    the batch between files (files already written stay; raises
+    :class:`~napari_spineseg.errors.Cancelled`).
+
+    Before starting workers the task is checked in this process (installed model, trusted
+    custom model), so a batch that cannot run fails once, not once per file; with an
+    external cluster the workers must see the same model store (``SPINESEG_MODELS_DIR``).
+    """
+    files = [Path(p).expanduser().absolute() for p in paths]
+    if not files:
+        raise SpinesegError("batch: no input files given")
+    threads = int(threads_per_worker)
+    if threads < 1:
+        raise SpinesegError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
+    if n_workers is not None and int(n_workers) < 1:
+        raise SpinesegError(f"n_workers must be >= 1, got {n_workers}")
+    out = Path(out_dir).expanduser().absolute() if out_dir is not None else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise SpinesegError(f"out_dir {out} exists and is not a folder")
+    _check_names(files, out)
+    model_path = str(Path(model).expanduser().absolute()) if model is not None else None
+    if client is None or isinstance(client, str):
+        _precheck(task, model_path, trust)
+    distributed = _distributed()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    options = {
+        "threshold": threshold,
+        "largest": largest,
+        "fill_holes": fill_holes,
+        "remove_small": remove_small,
+        "test_time_aug": bool(test_time_aug),
+        "label_vert": bool(label_vert),
+    }
+    args = (task, str(out) if out else None, model_path, bool(trust), device, threads)
+
+    own_cluster = own_client = None
+    try:
+        if client is None:
+            workers = int(n_workers) if n_workers else default_workers(threads)
+            own_cluster = distributed.LocalCluster(
+                n_workers=min(workers, len(files)),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+            )
+            client = own_client = distributed.Client(own_cluster)
+        elif isinstance(client, str):
+            client = own_client = distributed.Client(client)
+        return _run(distributed, client, files, args, options, progress, cancel)
+    finally:
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+
+def _run(distributed, client, files, args, options, progress, cancel) -> list[BatchItem]:
+    token = uuid.uuid4().hex[:8]
+    futures = {
+        client.submit(
+            _segment_one,
+            str(p),
+            *args,
+            os.getpid(),
+            options,
+            key=f"spineseg-{token}-{i}-{p.name}",
+            pure=False,
+        ): i
+        for i, p in enumerate(files)
+    }
+    items: list[BatchItem | None] = [None] * len(files)
+    done = 0
+    try:
+        for fut in distributed.as_completed(list(futures)):
+            i = futures[fut]
+            try:
+                items[i] = fut.result()
+            except Exception as exc:  # the worker died (e.g. killed for memory) or similar
+                items[i] = BatchItem(
+                    files[i], None, f"the worker failed: {type(exc).__name__}: {exc}", 0.0
+                )
+            done += 1
+            if progress is not None:
+                state = "ok" if items[i].ok else "failed"
+                progress(
+                    Progress(done / len(files), f"{files[i].name}: {state}", done, len(files))
+                )
+            if cancel is not None and cancel.cancelled:
+                raise Cancelled(
+                    f"batch cancelled after {done} of {len(files)} files; "
+                    "the masks already written are kept"
+                )
+    finally:
+        pending = [f for f in futures if not f.done()]
+        if pending:
+            client.cancel(pending)
+    return [it for it in items if it is not None]
+
+
+def summary(items: Sequence[BatchItem]) -> str:
+    """A plain-text table of a batch: status, seconds, input, outputs or error."""
+    lines = [f"{'STATUS':<7} {'SECONDS':>8}  INPUT -> OUTPUTS / ERROR"]
+    for it in items:
+        if it.ok:
+            outs = ", ".join(p.name for p in it.outputs or [])
+            lines.append(f"{'ok':<7} {it.seconds:8.1f}  {it.path} -> {outs}")
+        else:
+            lines.append(f"{'FAILED':<7} {it.seconds:8.1f}  {it.path}: {it.error}")
+    failed = sum(not it.ok for it in items)
+    lines.append(f"{len(items) - failed} of {len(items)} segmented, {failed} failed")
+    return "\n".join(lines)
