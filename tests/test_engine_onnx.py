@@ -224,7 +224,11 @@ def test_keep_largest_and_fill_holes_when_switched_on(model):
 
 def test_dice_against_synthetic_truth(model):
     img, lab = cord_phantom(shape=(112, 112, 8), zooms=(0.22, 0.22, 2.0), seed=4242, gm=True)
-    pred = model.predict(img, Reporter())
+    seen = []
+    pred = model.predict(img, Reporter(seen.append))
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert any("batch 1/1" in p.stage for p in seen)
     truth = _truth(lab)
     dice = {k: _dice(pred.maps[k], truth[k]) for k in ("sc", "gm")}
     assert dice["sc"] >= 0.95, dice

@@ -424,8 +424,8 @@ class IvadomedOnnxModel:
         can = nib.as_closest_canonical(img3d)
         data = np.asarray(can.get_fdata(dtype=np.float32))
         zooms = tuple(float(z) for z in can.header.get_zooms()[:3])
-        probs_can, run = self.predict_canonical_probabilities(data, zooms, report)
-        report.check()
+        probs_can, run = self.predict_canonical_probabilities(data, zooms, report.sub(0.0, 0.9))
+        report(0.9, "7T GM/SC: post-processing")
 
         # Back to the input's voxel order (lossless), then pred_to_nib's noise floor.
         to_input = nio.ornt_transform(
@@ -446,12 +446,10 @@ class IvadomedOnnxModel:
         if len(pixdim) < 3 or min(pixdim) <= 0:
             pixdim = tuple(float(v) for v in np.sqrt((img3d.affine[:3, :3] ** 2).sum(axis=0)))
         post = self._apply_postprocessing(probs, steps, pixdim)
-        if soft:
-            soft_out = post.astype(np.float32)
-            binary = post >= 0.5
-        else:
-            soft_out = probs
-            binary = post >= 0.5  # post is 0/1 after binarize_prediction
+        # Binarised: post is 0/1. Soft (threshold 0): post is what SCT would write, and the
+        # maps show it at 0.5.
+        soft_out = post.astype(np.float32) if soft else probs
+        binary = post >= 0.5
         maps, prob_maps, classes = {}, {}, {}
         for c, name in enumerate(self.map_names):
             m = binary[..., c].astype(np.uint8)
