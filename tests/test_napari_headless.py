@@ -156,3 +156,67 @@ def test_qt_viewer_opens_t2_and_mask(gl_viewer):
     np.testing.assert_allclose(img.extent.world, lab.extent.world)
     np.testing.assert_allclose(_affine(img), _affine(lab))
     assert tuple(gl_viewer.dims.axis_labels) == ("S-I", "A-P", "R-L")
+
+
+# ------------------------------------------------------------------ on screen (Xvfb)
+def _start_xvfb():
+    """Start Xvfb on a free display number; return (process, ':N')."""
+    import os
+    import shutil
+    import subprocess
+
+    exe = shutil.which("Xvfb")
+    if exe is None:
+        pytest.skip("Xvfb is not installed (Debian: apt-get install xvfb)")
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        [exe, "-displayfd", str(write_fd), "-screen", "0", "1600x1000x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        number = fh.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    return proc, f":{number}"
+
+
+@pytest.mark.xvfb
+@pytest.mark.slow
+def test_screenshot_shows_mask_on_the_cord_voxels():
+    """Render t2 + mask; every mask-coloured pixel lies on a mask voxel (and vice versa).
+
+    Screen pixels are mapped back to file voxels with the NIfTI affine only, so a flip,
+    transpose or shift anywhere between the file and the screen fails this test.
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    _data("t2/t2.nii.gz")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "screenshots.py"
+    proc, display = _start_xvfb()
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
+        env["DISPLAY"] = display
+        out = subprocess.run(
+            [sys.executable, str(script), "--check"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for view in ("axial", "sagittal"):
+        r = result[view]
+        assert r["expected_pixels"] > 1000, r  # the cord fills a real part of the canvas
+        assert r["precision"] > 0.98 and r["recall"] > 0.98, (view, r)
