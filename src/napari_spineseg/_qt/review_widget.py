@@ -1,0 +1,984 @@
+"""The "Review and correct" dock widget.
+
+Sections, top to bottom, in the order a reviewer works:
+
+* **Result**: which Labels layer; per-class volume and extent; the cross-sectional area
+  profile along the cord (a sparkline: flagged slices in red, the current slice marked).
+* **Slices**: the per-slice QC table (:func:`napari_spineseg.correction.slice_table`),
+  sorted by severity or confidence; clicking a row moves the viewer to that slice;
+  "Mark reviewed" records it.
+* **Correct**: the class to paint (sets the layer's label and paint mode: napari's own
+  brush, eraser, fill and Ctrl+Z), the edits made so far, and the helpers (interpolate
+  between two slices, remove small components, fill holes), each one undo step.
+* **Crop and refine**: a slab of slices (suggested from the poor slices at the cord's
+  ends), Trim it, or Refine it: re-run the task on the slab plus a margin, preview, Apply
+  as one undo step, keeping your edits unless "overwrite my edits" is ticked.
+* **Save**: beside the source with SCT's file name, with the correction record in the
+  JSON sidecar; "Save all" for every result layer.
+
+Unsaved edits are announced before a layer or the viewer is closed (``prompt`` is an
+attribute so tests and scripts answer it); edits are autosaved to the user cache and
+offered back when the same image is segmented or opened again.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QEvent, QObject, QRectF, Qt, QTimer
+from qtpy.QtGui import QColor, QPainter, QPen
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QMessageBox,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..errors import SpinesegError
+from ..progress import CancelToken, Progress
+from .jobs import RunSpec, refine_job
+from .review_state import LayerReview, is_reviewable
+from .workers import CANCELLED, start_worker
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+FLAG_LABELS = {
+    "empty": "gap",
+    "lesion_outside_cord": "lesion outside cord",
+    "extra_components": "extra components",
+    "area_jump": "area jump",
+    "low_confidence": "low confidence",
+}
+DEBOUNCE_MS = 200
+AUTOSAVE_POLL_MS = 2000
+
+
+def ask_unsaved(parent: QWidget | None, title: str, text: str) -> str:
+    """Default unsaved-edits prompt: a Save / Discard / Cancel dialog."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle(title)
+    box.setText(text)
+    box.setStandardButtons(
+        QMessageBox.StandardButton.Save
+        | QMessageBox.StandardButton.Discard
+        | QMessageBox.StandardButton.Cancel
+    )
+    box.setDefaultButton(QMessageBox.StandardButton.Save)
+    answer = box.exec()
+    return {
+        QMessageBox.StandardButton.Save: "save",
+        QMessageBox.StandardButton.Discard: "discard",
+    }.get(QMessageBox.StandardButton(answer), "cancel")
+
+
+def ask_recovery(parent: QWidget | None, text: str) -> str:
+    """Default recovery prompt: Restore / Discard / Not now."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Question)
+    box.setWindowTitle("Recover unsaved edits?")
+    box.setText(text)
+    restore = box.addButton("Restore", QMessageBox.ButtonRole.AcceptRole)
+    discard = box.addButton("Discard", QMessageBox.ButtonRole.DestructiveRole)
+    box.addButton("Not now", QMessageBox.ButtonRole.RejectRole)
+    box.exec()
+    clicked = box.clickedButton()
+    return "restore" if clicked is restore else "discard" if clicked is discard else "ignore"
+
+
+class Sparkline(QWidget):
+    """Cross-sectional area along the cord (one bar per slice, superior on the left)."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.values = np.zeros(0)
+        self.flagged = np.zeros(0, bool)
+        self.current: int | None = None
+        self.setMinimumHeight(56)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.setToolTip("Cord cross-sectional area (mm²) per slice, superior (left) to inferior")
+
+    def set_data(self, values: np.ndarray, flagged: np.ndarray, current: int | None) -> None:
+        self.values = np.asarray(values, float)
+        self.flagged = np.asarray(flagged, bool)
+        self.current = current
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(38, 41, 48))
+        n = self.values.size
+        w, h = self.width(), self.height()
+        top = 14
+        p.setPen(QColor(200, 200, 200))
+        vmax = float(np.nanmax(self.values)) if n and np.isfinite(self.values).any() else 0.0
+        p.drawText(4, 11, f"CSA, max {vmax:.1f} mm²" if vmax else "CSA: no cord class")
+        if n and vmax > 0:
+            bw = w / n
+            for i, v in enumerate(self.values):
+                bh = (h - top - 2) * (v / vmax if np.isfinite(v) else 0)
+                color = QColor(230, 80, 80) if self.flagged[i] else QColor(120, 190, 255)
+                p.fillRect(QRectF(i * bw, h - bh, max(bw - 0.5, 1.0), bh), color)
+            if self.current is not None and 0 <= self.current < n:
+                p.setPen(QPen(QColor(255, 255, 0), 2))
+                x = (self.current + 0.5) * bw
+                p.drawLine(int(x), top, int(x), h)
+        p.end()
+
+
+class _CloseGuard(QObject):
+    """Event filter on napari's main window: ask about unsaved edits before it closes."""
+
+    def __init__(self, widget: ReviewWidget) -> None:
+        super().__init__(widget)
+        self.widget = widget
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if event.type() == QEvent.Type.Close and not self.widget.confirm_close():
+            event.ignore()
+            return True
+        return False
+
+
+class ReviewWidget(QScrollArea):
+    """Review, correct, refine and save segmentation results (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = viewer
+        self.states: dict[int, LayerReview] = {}
+        #: unsaved-edits prompt: (title, text) -> "save" | "discard" | "cancel"
+        self.prompt: Callable[[str, str], str] = lambda t, x: ask_unsaved(self, t, x)
+        #: recovery prompt: text -> "restore" | "discard" | "ignore"
+        self.prompt_recovery: Callable[[str], str] = lambda x: ask_recovery(self, x)
+        self.autosave_dir: str | None = None  # None: the per-user cache
+        self.worker = None
+        self._cancel: CancelToken | None = None
+        self._preview: dict[str, Any] | None = None
+        self._guarded_window = None
+        self._removing: dict[int, int] = {}
+        self.last_outcome = ""
+        self.last_error: BaseException | None = None
+        self._build()
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(DEBOUNCE_MS)
+        self._debounce.timeout.connect(self._refresh_current)
+        self._autosave_timer = QTimer(self)
+        self._autosave_timer.setInterval(AUTOSAVE_POLL_MS)
+        self._autosave_timer.timeout.connect(self.autosave)
+        self._autosave_timer.start()
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
+        viewer.dims.events.current_step.connect(self._on_dims)
+        for layer in list(viewer.layers):
+            self._bind(layer)
+        self._update_layer_combo()
+        QTimer.singleShot(0, self._install_close_guard)
+
+    # ================================================================== layout
+    def _build(self) -> None:
+        body = QWidget()
+        root = QVBoxLayout(body)
+        self.setWidget(body)
+        self.setWidgetResizable(True)
+        self.setMinimumWidth(380)
+
+        # --- result
+        box = QGroupBox("Result")
+        lay = QVBoxLayout(box)
+        self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The segmentation (Labels layer) to review")
+        self.layer_combo.currentIndexChanged.connect(lambda *_: self._show_current())
+        lay.addWidget(self.layer_combo)
+        self.summary_label = QLabel("No segmentation yet: run the Segment widget.")
+        self.summary_label.setWordWrap(True)
+        lay.addWidget(self.summary_label)
+        self.sparkline = Sparkline()
+        lay.addWidget(self.sparkline)
+        root.addWidget(box)
+
+        # --- slice table
+        box = QGroupBox("Slices (axial, superior first)")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.sort_combo = QComboBox()
+        self.sort_combo.addItem("Most suspicious first", "severity")
+        self.sort_combo.addItem("Least confident first", "confidence")
+        self.sort_combo.addItem("Superior to inferior", "slice")
+        self.sort_combo.currentIndexChanged.connect(lambda *_: self._fill_table())
+        self.only_flagged = QCheckBox("Only flagged")
+        self.only_flagged.setChecked(True)
+        self.only_flagged.toggled.connect(lambda *_: self._fill_table())
+        row.addWidget(self.sort_combo, 1)
+        row.addWidget(self.only_flagged)
+        lay.addLayout(row)
+        self.table_widget = QTableWidget(0, 0)
+        self.table_widget.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table_widget.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table_widget.verticalHeader().setVisible(False)
+        self.table_widget.setMinimumHeight(200)
+        self.table_widget.cellClicked.connect(lambda r, c: self._on_row_clicked(r))
+        lay.addWidget(self.table_widget)
+        row = QHBoxLayout()
+        self.review_button = QPushButton("Mark selected reviewed")
+        self.review_button.clicked.connect(lambda: self.mark_reviewed(self._selected_slices()))
+        self.unreview_button = QPushButton("Unmark")
+        self.unreview_button.clicked.connect(
+            lambda: self.mark_reviewed(self._selected_slices(), False)
+        )
+        row.addWidget(self.review_button, 1)
+        row.addWidget(self.unreview_button)
+        lay.addLayout(row)
+        root.addWidget(box)
+
+        # --- correct
+        box = QGroupBox("Correct")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.class_combo = QComboBox()
+        self.class_combo.setToolTip(
+            "Class painted by napari's brush and fill, and used by the tools"
+        )
+        self.class_combo.currentIndexChanged.connect(lambda *_: self._on_class())
+        self.paint_button = QPushButton("Paint")
+        self.paint_button.setToolTip(
+            "Select the layer in paint mode (napari: 2=paint, 1=erase, Ctrl+Z=undo)"
+        )
+        self.paint_button.clicked.connect(lambda: self.start_painting())
+        row.addWidget(self.class_combo, 1)
+        row.addWidget(self.paint_button)
+        form.addRow("Class", row)
+        self.edits_label = QLabel("No edits.")
+        self.edits_label.setWordWrap(True)
+        form.addRow("Edits", self.edits_label)
+        row = QHBoxLayout()
+        self.interp_a = QSpinBox()
+        self.interp_b = QSpinBox()
+        self.interp_button = QPushButton("Interpolate")
+        self.interp_button.setToolTip(
+            "Shape-based interpolation of the class between two corrected slices"
+        )
+        self.interp_button.clicked.connect(
+            lambda: self._guard(
+                lambda: self.interpolate(self.interp_a.value(), self.interp_b.value())
+            )
+        )
+        row.addWidget(QLabel("slices"))
+        row.addWidget(self.interp_a)
+        row.addWidget(QLabel("to"))
+        row.addWidget(self.interp_b)
+        row.addWidget(self.interp_button, 1)
+        form.addRow("Fill gap", row)
+        row = QHBoxLayout()
+        self.min_voxels = QSpinBox()
+        self.min_voxels.setRange(1, 1_000_000)
+        self.min_voxels.setValue(10)
+        self.min_voxels.setSuffix(" vox")
+        self.remove_button = QPushButton("Remove smaller")
+        self.remove_button.clicked.connect(
+            lambda: self._guard(lambda: self.remove_small(self.min_voxels.value()))
+        )
+        row.addWidget(self.min_voxels)
+        row.addWidget(self.remove_button, 1)
+        form.addRow("Specks", row)
+        row = QHBoxLayout()
+        self.holes_mode = QComboBox()
+        self.holes_mode.addItem("per slice (2D)", "2d")
+        self.holes_mode.addItem("in 3D", "3d")
+        self.holes_mode.addItem("both", "both")
+        self.holes_button = QPushButton("Fill holes")
+        self.holes_button.clicked.connect(
+            lambda: self._guard(lambda: self.fill_holes(self.holes_mode.currentData()))
+        )
+        row.addWidget(self.holes_mode)
+        row.addWidget(self.holes_button, 1)
+        form.addRow("Holes", row)
+        root.addWidget(box)
+
+        # --- crop and refine
+        box = QGroupBox("Crop and refine a slab")
+        form = QFormLayout(box)
+        row = QHBoxLayout()
+        self.slab_first = QSpinBox()
+        self.slab_last = QSpinBox()
+        self.suggest_button = QPushButton("Suggest")
+        self.suggest_button.setToolTip(
+            "The poor slices at the superior or inferior end of the cord"
+        )
+        self.suggest_button.clicked.connect(lambda: self.suggest_slab())
+        row.addWidget(self.slab_first)
+        row.addWidget(QLabel("to"))
+        row.addWidget(self.slab_last)
+        row.addWidget(self.suggest_button)
+        form.addRow("Slices", row)
+        row = QHBoxLayout()
+        self.margin = QSpinBox()
+        self.margin.setRange(0, 64)
+        self.margin.setValue(8)
+        self.margin.setSuffix(" slices")
+        self.margin.setToolTip("Context above and below the slab given to the model (not changed)")
+        self.overwrite = QCheckBox("overwrite my edits")
+        row.addWidget(self.margin)
+        row.addWidget(self.overwrite)
+        form.addRow("Margin", row)
+        row = QHBoxLayout()
+        self.trim_button = QPushButton("Trim")
+        self.trim_button.setToolTip("Clear these slices")
+        self.trim_button.clicked.connect(lambda: self._guard(lambda: self.trim(self.slab())))
+        self.refine_button = QPushButton("Refine...")
+        self.refine_button.setToolTip("Re-run the model on these slices and preview the result")
+        self.refine_button.clicked.connect(lambda: self._guard(lambda: self.refine(self.slab())))
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.clicked.connect(lambda: self._guard(self.apply_preview))
+        self.discard_button = QPushButton("Discard")
+        self.discard_button.clicked.connect(lambda: self.discard_preview())
+        self.refine_cancel = QPushButton("Cancel")
+        self.refine_cancel.clicked.connect(lambda: self.cancel())
+        for b in (
+            self.trim_button,
+            self.refine_button,
+            self.apply_button,
+            self.discard_button,
+            self.refine_cancel,
+        ):
+            row.addWidget(b)
+        form.addRow(row)
+        self.refine_progress = QProgressBar()
+        self.refine_progress.setRange(0, 1000)
+        self.refine_progress.setVisible(False)
+        form.addRow(self.refine_progress)
+        self.refine_label = QLabel("")
+        self.refine_label.setWordWrap(True)
+        form.addRow(self.refine_label)
+        root.addWidget(box)
+
+        # --- save
+        box = QGroupBox("Save")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.save_button = QPushButton("Save")
+        self.save_button.setToolTip(
+            "Beside the image, SCT file name (<image><suffix>.nii.gz + .json)"
+        )
+        self.save_button.clicked.connect(lambda: self._guard(lambda: self.save()))
+        self.save_as_button = QPushButton("Save as...")
+        self.save_as_button.clicked.connect(lambda: self._guard(self._save_as_dialog))
+        self.save_all_button = QPushButton("Save all")
+        self.save_all_button.clicked.connect(lambda: self._guard(lambda: self.save_all()))
+        row.addWidget(self.save_button)
+        row.addWidget(self.save_as_button)
+        row.addWidget(self.save_all_button)
+        lay.addLayout(row)
+        self.save_label = QLabel("")
+        self.save_label.setWordWrap(True)
+        lay.addWidget(self.save_label)
+        root.addWidget(box)
+        root.addStretch(1)
+        self._set_preview_buttons()
+
+    # ================================================================== binding
+    def _bind(self, layer: Any) -> LayerReview | None:
+        if id(layer) in self.states or not is_reviewable(layer):
+            return self.states.get(id(layer))
+        state = LayerReview(layer, autosave_dir=self.autosave_dir)
+        self.states[id(layer)] = state
+        layer.events.paint.connect(lambda e, s=state: self._on_paint(s, e))
+        layer.events.reload.connect(lambda e, s=state: self._on_reload(s))
+        layer.events.data.connect(lambda e, s=state: self._on_reload(s))
+        layer.events.name.connect(lambda e: self._update_layer_combo())
+        self._offer_recovery(state)
+        return state
+
+    def _on_inserted(self, event) -> None:
+        layer = event.value
+        idx = self._removing.pop(id(layer), None)
+        if idx is not None:  # re-inserted after "Cancel": keep its state
+            self._update_layer_combo()
+            return
+        if self._bind(layer) is not None:
+            self._update_layer_combo(select=layer)
+
+    def _on_removed(self, event) -> None:
+        layer = event.value
+        state = self.states.get(id(layer))
+        if state is None:
+            return
+        if self._preview is not None and self._preview.get("state") is state:
+            self.discard_preview()
+        if state.dirty:
+            answer = self.prompt(
+                "Unsaved edits",
+                f"'{layer.name}' has unsaved edits ({state.refresh(table=False).changed_voxels} "
+                "voxels changed). Save them before closing the layer?",
+            )
+            if answer == "cancel":
+                self._removing[id(layer)] = event.index
+                QTimer.singleShot(0, lambda: self.viewer.layers.insert(event.index, layer))
+                return
+            if answer == "save":
+                try:
+                    state.save()
+                except SpinesegError as exc:
+                    self._notify(exc)
+                    self._removing[id(layer)] = event.index
+                    QTimer.singleShot(0, lambda: self.viewer.layers.insert(event.index, layer))
+                    return
+            elif state.autosaver is not None:
+                state.autosaver.discard()
+        self.states.pop(id(layer), None)
+        self._update_layer_combo()
+
+    def _install_close_guard(self) -> None:
+        window = self.window()
+        if window is self or window is None or window is self._guarded_window:
+            return
+        self._guarded_window = window
+        window.installEventFilter(_CloseGuard(self))
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        self._install_close_guard()
+
+    def confirm_close(self) -> bool:
+        """Ask about every layer with unsaved edits; False when the user cancels."""
+        for state in list(self.states.values()):
+            if not state.dirty:
+                continue
+            answer = self.prompt(
+                "Unsaved edits",
+                f"'{state.layer.name}' has unsaved edits. Save them before closing napari?",
+            )
+            if answer == "cancel":
+                return False
+            if answer == "save":
+                try:
+                    state.save()
+                except SpinesegError as exc:
+                    self._notify(exc)
+                    return False
+            else:
+                state.dirty = False
+                if state.autosaver is not None:
+                    state.autosaver.discard()
+        return True
+
+    def _offer_recovery(self, state: LayerReview) -> None:
+        try:
+            entries = state.recoveries()
+        except Exception:  # a broken cache must never block reviewing
+            return
+        if not entries:
+            return
+        entry = entries[0]
+        answer = self.prompt_recovery(
+            f"Unsaved edits of '{state.layer.name}' from {entry.saved_at} "
+            f"({entry.n_edits} edits) were found for {Path(state.source_path).name}. "
+            "Restore them (one undo step)?"
+        )
+        from .. import correction
+
+        if answer == "restore":
+            labels, _ = correction.restore(entry)
+            n = state.restore_labels(labels)
+            self._notify_info(f"Restored {n} voxels of unsaved edits into '{state.layer.name}'.")
+        elif answer == "discard":
+            correction.discard(entry)
+
+    # ================================================================== current
+    @property
+    def state(self) -> LayerReview | None:
+        """The review state of the layer picked in the panel."""
+        key = self.layer_combo.currentData()
+        return self.states.get(key) if key is not None else None
+
+    def select_layer(self, layer: Any) -> LayerReview:
+        state = self._bind(layer)
+        if state is None:
+            raise SpinesegError(
+                f"layer {layer.name!r} is not a segmentation napari-spineseg knows"
+            )
+        self._update_layer_combo(select=layer)
+        return state
+
+    def _update_layer_combo(self, select: Any = None) -> None:
+        current = self.layer_combo.currentData()
+        want = id(select) if select is not None else current
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        for key, st in self.states.items():
+            self.layer_combo.addItem(str(st.layer.name), key)
+        idx = self.layer_combo.findData(want)
+        self.layer_combo.setCurrentIndex(idx if idx >= 0 else (0 if self.states else -1))
+        self.layer_combo.blockSignals(False)
+        self._show_current()
+
+    def _show_current(self) -> None:
+        state = self.state
+        self.class_combo.blockSignals(True)
+        self.class_combo.clear()
+        if state is not None:
+            for v, name in state.classes.items():
+                self.class_combo.addItem(f"{v}: {name}", v)
+            idx = self.class_combo.findData(int(state.layer.selected_label))
+            self.class_combo.setCurrentIndex(max(idx, 0))
+            n = state.tracker.shape[0]
+            for sb in (self.interp_a, self.interp_b, self.slab_first, self.slab_last):
+                sb.setRange(0, n - 1)
+        self.class_combo.blockSignals(False)
+        self._update_panel()
+        if state is not None and self.slab_first.value() == 0 and self.slab_last.value() == 0:
+            self.suggest_slab()
+
+    def _update_panel(self) -> None:
+        state = self.state
+        if state is None:
+            self.summary_label.setText("No segmentation yet: run the Segment widget.")
+            self.edits_label.setText("No edits.")
+            self.sparkline.set_data(np.zeros(0), np.zeros(0, bool), None)
+            self.table_widget.setRowCount(0)
+            return
+        summ = state.summary()
+        lines = []
+        for s in summ.values():
+            if s.first is None:
+                lines.append(f"<b>{s.name}</b>: empty")
+            else:
+                lines.append(
+                    f"<b>{s.name}</b>: {s.volume_mm3:.0f} mm³, slices {s.first}–{s.last} "
+                    f"({s.length_mm:.0f} mm)"
+                )
+        self.summary_label.setText("<br>".join(lines))
+        profiles = [s.area_profile for s in summ.values() if s.area_profile is not None]
+        csa = np.sum(profiles, axis=0) if profiles else np.zeros(state.tracker.shape[0])
+        self.sparkline.set_data(csa, state.table.flagged(), self.current_slice())
+        self._update_edits_label()
+        self._fill_table()
+
+    def _update_edits_label(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        e = state.edits
+        if not e.has_edits:
+            text = "No edits (the layer equals the model output)."
+        else:
+            sl = list(e.slices)
+            shown = ", ".join(str(s) for s in sl[:12]) + (" ..." if len(sl) > 12 else "")
+            per = "; ".join(
+                f"{state.classes.get(v, v)} +{e.added.get(v, 0)}/−{e.removed.get(v, 0)}"
+                for v in sorted(set(e.added) | set(e.removed))
+            )
+            text = f"{e.changed_voxels} voxels changed on {len(sl)} slice(s) ({shown}). {per}"
+        if state.dirty:
+            text += " <i>Unsaved.</i>"
+        self.edits_label.setText(text)
+
+    def _fill_table(self) -> None:
+        state = self.state
+        if state is None:
+            return
+        t = state.table
+        order = t.order(
+            self.sort_combo.currentData() or "severity", only_flagged=self.only_flagged.isChecked()
+        )
+        rows = t.rows(order)
+        names = [t.classes[v] for v in t.classes]
+        headers = ["Slice", "Flags", "Conf."] + [f"{n} mm²" for n in names] + ["Comp.", "Reviewed"]
+        tw = self.table_widget
+        tw.setUpdatesEnabled(False)
+        tw.clear()
+        tw.setColumnCount(len(headers))
+        tw.setHorizontalHeaderLabels(headers)
+        tw.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            conf = row["confidence"]
+            cells = [
+                str(row["slice"]),
+                ", ".join(FLAG_LABELS.get(f, f) for f in row["flags"]) or "–",
+                "–" if np.isnan(conf) else f"{conf:.2f}",
+                *[f"{row['area'][n]:.1f}" for n in names],
+                str(sum(row["components"].values())),
+                "yes" if row["reviewed"] else "",
+            ]
+            for c, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setData(Qt.ItemDataRole.UserRole, row["slice"])
+                if row["flags"] and not row["reviewed"]:
+                    item.setForeground(QColor(255, 140, 120))
+                tw.setItem(r, c, item)
+        header = tw.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        tw.setUpdatesEnabled(True)
+
+    def table_slices(self) -> list[int]:
+        """The slices in the table, top to bottom (as shown)."""
+        out = []
+        for r in range(self.table_widget.rowCount()):
+            item = self.table_widget.item(r, 0)
+            out.append(int(item.data(Qt.ItemDataRole.UserRole)))
+        return out
+
+    def _selected_slices(self) -> list[int]:
+        rows = sorted({i.row() for i in self.table_widget.selectedIndexes()})
+        return [int(self.table_widget.item(r, 0).data(Qt.ItemDataRole.UserRole)) for r in rows]
+
+    # ================================================================== events
+    def _on_paint(self, state: LayerReview, event) -> None:
+        state.note_paint(event)
+        if state is self.state:
+            self._debounce.start()
+
+    def _on_reload(self, state: LayerReview) -> None:
+        state.note_reload()
+        if state is self.state:
+            self._debounce.start()
+
+    def _refresh_current(self) -> None:
+        for state in self.states.values():
+            if state._pending or state._pending_full:
+                state.refresh(table=state is self.state)
+        self._update_panel()
+
+    def _on_dims(self, event=None) -> None:
+        state = self.state
+        if state is not None:
+            self.sparkline.current = self.current_slice()
+            self.sparkline.update()
+
+    def _on_row_clicked(self, row: int) -> None:
+        item = self.table_widget.item(row, 0)
+        if item is not None:
+            self.go_to_slice(int(item.data(Qt.ItemDataRole.UserRole)))
+
+    def _on_class(self) -> None:
+        state = self.state
+        value = self.class_combo.currentData()
+        if state is not None and value is not None:
+            state.layer.selected_label = int(value)
+
+    # ================================================================== actions
+    def current_slice(self) -> int | None:
+        state = self.state
+        if state is None:
+            return None
+        axis = self.viewer.dims.ndim - 3
+        z = self.viewer.dims.point[axis]
+        s = round((z - state.layer.translate[-3]) / state.layer.scale[-3])
+        return int(np.clip(s, 0, state.tracker.shape[0] - 1))
+
+    def go_to_slice(self, index: int) -> None:
+        """Show axial slice ``index`` of the current result (display slice, superior = 0)."""
+        state = self.state
+        if state is None:
+            return
+        axis = self.viewer.dims.ndim - 3
+        z = state.layer.translate[-3] + int(index) * state.layer.scale[-3]
+        self.viewer.dims.set_point(axis, z)
+        self._on_dims()
+
+    def mark_reviewed(self, slices, value: bool = True) -> None:
+        state = self.state
+        if state is None or not len(slices):
+            return
+        state.table.set_reviewed(slices, value)
+        self._update_panel()
+
+    def class_value(self) -> int:
+        state = self.state
+        if state is None:
+            raise SpinesegError("no segmentation to correct: run the Segment widget first")
+        value = self.class_combo.currentData()
+        return int(value if value is not None else next(iter(state.classes)))
+
+    def set_class(self, value_or_name: int | str) -> None:
+        """Pick the class to paint (value or name); sets the layer's selected label."""
+        state = self._require()
+        for v, name in state.classes.items():
+            if value_or_name in (v, name):
+                self.class_combo.setCurrentIndex(self.class_combo.findData(v))
+                return
+        raise SpinesegError(f"no class {value_or_name!r} in {state.layer.name} ({state.classes})")
+
+    def start_painting(self) -> None:
+        state = self._require()
+        self._on_class()
+        self.viewer.layers.selection.active = state.layer
+        state.layer.mode = "paint"
+
+    def _require(self) -> LayerReview:
+        state = self.state
+        if state is None:
+            raise SpinesegError("no segmentation to review: run the Segment widget first")
+        return state
+
+    def _after_edit(self, n: int, what: str) -> int:
+        self._update_panel()
+        self.refine_label.setText(f"{what}: {n} voxels changed (Ctrl+Z undoes it).")
+        return n
+
+    def interpolate(self, slice_a: int, slice_b: int) -> int:
+        state = self._require()
+        return self._after_edit(
+            state.interpolate(self.class_value(), slice_a, slice_b), "Interpolate"
+        )
+
+    def remove_small(self, min_voxels: int) -> int:
+        state = self._require()
+        return self._after_edit(state.remove_small(self.class_value(), min_voxels), "Remove small")
+
+    def fill_holes(self, mode: str = "2d") -> int:
+        state = self._require()
+        return self._after_edit(state.fill_holes(self.class_value(), mode), "Fill holes")
+
+    def slab(self) -> tuple[int, int]:
+        """The slab in the spin boxes as a half-open range ``(first, last + 1)``."""
+        a, b = sorted((self.slab_first.value(), self.slab_last.value()))
+        return a, b + 1
+
+    def set_slab(self, slab: tuple[int, int]) -> None:
+        self.slab_first.setValue(int(slab[0]))
+        self.slab_last.setValue(int(slab[1]) - 1)
+
+    def suggest_slab(self) -> tuple[int, int] | None:
+        state = self.state
+        if state is None:
+            return None
+        edges = state.edge_slabs()
+        slab = edges.top or edges.bottom
+        if slab is not None:
+            self.set_slab(slab)
+            self.refine_label.setText(
+                f"Suggested: poor slices {slab[0]}–{slab[1] - 1} at the "
+                f"{'superior' if slab is edges.top else 'inferior'} end of the cord."
+            )
+        else:
+            self.refine_label.setText("No poor slices at the ends of the cord.")
+        return slab
+
+    def trim(self, slab: tuple[int, int]) -> int:
+        state = self._require()
+        return self._after_edit(state.trim(slab), f"Trim slices {slab[0]}–{slab[1] - 1}")
+
+    # ---------------------------------------------------------------- refine
+    def refine(
+        self, slab: tuple[int, int], margin: int | None = None, overwrite: bool | None = None
+    ):
+        """Re-run the task on ``slab`` (+ margin) on a worker; a preview layer follows."""
+        from ..correction import slab_with_margin
+
+        state = self._require()
+        if self.worker is not None:
+            raise SpinesegError("a refine is already running: wait or cancel it")
+        if not state.run:
+            raise SpinesegError(
+                f"'{state.layer.name}' was not made by the Segment widget, so the model to re-run "
+                "is unknown: segment the image first"
+            )
+        self.discard_preview()
+        margin = self.margin.value() if margin is None else int(margin)
+        overwrite = self.overwrite.isChecked() if overwrite is None else bool(overwrite)
+        n = state.tracker.shape[0]
+        crop = slab_with_margin(slab[0], slab[1], n, margin)
+        self._cancel = CancelToken()
+        self.last_outcome = ""
+        self.last_error = None
+        self.refine_progress.setVisible(True)
+        self.refine_progress.setValue(0)
+        self.refine_label.setText(
+            f"Refining slices {slab[0]}–{slab[1] - 1} (model sees {crop[0]}–{crop[1] - 1})..."
+        )
+        ctx = {
+            "state": state,
+            "slab": (int(slab[0]), int(slab[1])),
+            "crop": crop,
+            "overwrite": overwrite,
+        }
+        self.worker = start_worker(
+            refine_job,
+            state.volume,
+            RunSpec.from_dict(state.run),
+            state.suffix or "",
+            crop,
+            self._cancel,
+            on_progress=self._on_refine_progress,
+            on_returned=lambda value: self._on_refined(ctx, value),
+            on_errored=self._on_refine_error,
+            on_finished=self._on_refine_finished,
+        )
+        self._set_preview_buttons()
+        return self.worker
+
+    def _on_refine_progress(self, p: Progress) -> None:
+        self.refine_progress.setValue(int(p.fraction * 1000))
+        self.refine_label.setText(f"Refining: {p.stage}")
+
+    def _on_refined(self, ctx: dict, value: Any) -> None:
+        if value is CANCELLED:
+            self.last_outcome = "cancelled"
+            self.refine_label.setText("Refine cancelled: nothing changed.")
+            return
+        state = ctx["state"]
+        change = state.merge(value, ctx["crop"], ctx["slab"], overwrite=ctx["overwrite"])
+        start, stop = ctx["slab"]
+        preview = np.zeros_like(state.layer.data)
+        preview[start:stop] = change.merged[start:stop]
+        layer = self.viewer.add_labels(
+            preview,
+            name=f"{state.layer.name} refine preview",
+            scale=state.layer.scale,
+            translate=state.layer.translate,
+            opacity=0.9,
+        )
+        layer.colormap = state.layer.colormap
+        self._preview = {**ctx, "change": change, "refined": value, "layer": layer}
+        self.last_outcome = "done"
+        kept = f", kept {change.kept_edits} of your edited voxels" if change.kept_edits else ""
+        self.refine_label.setText(
+            f"Preview: {change.n_changed} voxels would change in slices {start}–{stop - 1}{kept}. "
+            "Apply or Discard."
+        )
+
+    def _on_refine_error(self, exc: BaseException) -> None:
+        self.last_outcome = "error"
+        self.last_error = exc
+        self.refine_label.setText(f"Refine failed: {exc}")
+
+    def _on_refine_finished(self) -> None:
+        self.worker = None
+        self.refine_progress.setVisible(False)
+        self._set_preview_buttons()
+
+    def _set_preview_buttons(self) -> None:
+        has = self._preview is not None
+        busy = self.worker is not None
+        self.apply_button.setEnabled(has and not busy)
+        self.discard_button.setEnabled(has and not busy)
+        self.refine_cancel.setEnabled(busy)
+        self.refine_button.setEnabled(not busy)
+        self.trim_button.setEnabled(not busy)
+
+    def apply_preview(self) -> int:
+        """Merge the previewed refine into the layer (one undo step)."""
+        if self._preview is None:
+            raise SpinesegError("nothing to apply: run Refine first")
+        pv = self._preview
+        n = pv["state"].apply_refine(pv["change"], pv["refined"], pv["crop"], pv["slab"])
+        self.discard_preview()
+        return self._after_edit(n, f"Refine slices {pv['slab'][0]}–{pv['slab'][1] - 1}")
+
+    def discard_preview(self) -> None:
+        pv, self._preview = self._preview, None
+        if pv is not None and pv["layer"] in self.viewer.layers:
+            self.viewer.layers.remove(pv["layer"])
+        self._set_preview_buttons()
+
+    @property
+    def preview_layer(self):
+        return None if self._preview is None else self._preview["layer"]
+
+    def cancel(self) -> None:
+        if self._cancel is not None and self.worker is not None:
+            self._cancel.cancel()
+            self.refine_label.setText("Cancelling...")
+
+    def wait(self, timeout: float = 600.0) -> str:
+        """Process Qt events until the refine worker ends; returns its outcome."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self.worker is not None:
+            QApplication.processEvents()
+            if time.monotonic() > end:
+                raise TimeoutError(f"refine did not finish in {timeout} s")
+            time.sleep(0.005)
+        QApplication.processEvents()
+        return self.last_outcome
+
+    # ---------------------------------------------------------------- saving
+    def save(self, path: str | Path | None = None, layer: Any = None) -> Path:
+        state = self.states.get(id(layer)) if layer is not None else self._require()
+        if state is None:
+            raise SpinesegError(
+                f"layer {getattr(layer, 'name', layer)!r} is not a reviewed result"
+            )
+        written = state.save(path)
+        self.save_label.setText(f"Saved {written} (+ .json).")
+        self._update_edits_label()
+        return written
+
+    def save_all(self) -> list[Path]:
+        out = [st.save() for st in list(self.states.values())]
+        self.save_label.setText("Saved " + ", ".join(p.name for p in out) + " (+ .json).")
+        self._update_edits_label()
+        return out
+
+    def _save_as_dialog(self) -> None:
+        state = self._require()
+        try:
+            start = str(state.default_path())
+        except SpinesegError:
+            start = ""
+        path, _ = QFileDialog.getSaveFileName(self, "Save mask", start, "NIfTI (*.nii.gz *.nii)")
+        if path:
+            self.save(path)
+
+    # ---------------------------------------------------------------- autosave
+    def autosave(self, force: bool = False, block: bool = False) -> list[threading.Thread]:
+        """Write due recovery files off the GUI thread (copies are taken here)."""
+        threads = []
+        for state in list(self.states.values()):
+            snap = state.autosave_snapshot(force=force)
+            if snap is None:
+                continue
+            t = threading.Thread(target=state.autosave_write, args=snap, daemon=True)
+            t.start()
+            threads.append(t)
+        if block:
+            for t in threads:
+                t.join()
+        return threads
+
+    # ---------------------------------------------------------------- errors
+    def _guard(self, fn: Callable[[], Any]) -> Any:
+        """Run a button action; user errors become notifications, never tracebacks."""
+        try:
+            return fn()
+        except SpinesegError as exc:
+            self._notify(exc)
+        except ValueError as exc:
+            self._notify(exc)
+        return None
+
+    def _notify(self, exc: BaseException) -> None:
+        from napari.utils.notifications import show_error
+
+        self.last_error = exc
+        show_error(str(exc))
+
+    def _notify_info(self, text: str) -> None:
+        from napari.utils.notifications import show_info
+
+        show_info(text)

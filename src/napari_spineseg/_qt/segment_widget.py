@@ -1,0 +1,334 @@
+"""The "Segment spinal cord" dock widget: pick an image, a task, a device; run; get layers.
+
+A magicgui ``Container`` (its layer combo follows the viewer's layers by itself). The run
+is a generator core (:func:`.jobs.segment_job`) on a napari thread worker: the progress bar
+shows the stage and tile count, Cancel returns within a second and adds nothing, errors
+become napari notifications plus the status line. Every button is also a method
+(:meth:`SegmentWidget.segment`, :meth:`cancel`, :meth:`install`, :meth:`wait`), which is
+what ``napari_spineseg.review`` and the tests call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
+
+from .. import api
+from ..errors import SpinesegError
+from ..progress import CancelToken, Progress
+from .jobs import ImageSnapshot, RunSpec, segment_job
+from .workers import CANCELLED, start_worker, steps
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+PROGRESS_STEPS = 1000
+
+
+def _device_summary(devices: list[str]) -> str:
+    found = [d for d in devices if d not in ("auto", "cpu")]
+    if not found:
+        return "Detected: CPU only (no CUDA or Apple MPS GPU); auto = CPU"
+    return f"Detected: {', '.join(found)}; auto = {found[0]}"
+
+
+class SegmentWidget(Container):
+    """Segment the selected image with one of the SCT tasks (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self._tasks = {t.id: t for t in api.tasks()}
+        self.image = create_widget(annotation="napari.layers.Image", label="Image")
+        self.task = ComboBox(
+            label="Task",
+            choices=[(f"{t.title}  [{t.id}]", t.id) for t in self._tasks.values()],
+        )
+        self.task_info = Label(label="")
+        self.install_button = PushButton(text="Install model")
+        self.model = FileEdit(label="Custom model", mode="d", value="")
+        self.model.tooltip = (
+            "Optional: an nnU-Net v2 model folder of your own; it replaces the task's model "
+            "(the task still decides the output files)"
+        )
+        self.trust = CheckBox(text="I trust this custom model (checkpoints can run code)")
+        from ..engines.base import available_devices
+
+        devices = available_devices()
+        self.device = ComboBox(label="Device", choices=devices, value=devices[0])
+        self.device_info = Label(label="", value=_device_summary(devices))
+        self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5)
+        self.largest = CheckBox(text="Keep largest component")
+        self.fill_holes = CheckBox(text="Fill holes")
+        self.remove_small = LineEdit(label="Remove small", value="")
+        self.remove_small.tooltip = (
+            "SCT's -remove-small: e.g. 3vox, 5mm3, or one size per output file: 10,20vox"
+        )
+        self.test_time_aug = CheckBox(text="Test-time augmentation (slower)")
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="", min=0, max=PROGRESS_STEPS, value=0)
+        self.status = Label(label="", value="Ready.")
+        self.extend(
+            [
+                self.image,
+                self.task,
+                self.task_info,
+                self.install_button,
+                self.model,
+                self.trust,
+                self.device,
+                self.device_info,
+                self.threshold,
+                self.largest,
+                self.fill_holes,
+                self.remove_small,
+                self.test_time_aug,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+            ]
+        )
+        for w in (self.task_info, self.device_info, self.status):
+            w.native.setWordWrap(True)
+        self.task.changed.connect(self._on_task)
+        self.model.changed.connect(lambda *_: self._on_task())
+        self.install_button.changed.connect(lambda *_: self.install())
+        self.run_button.changed.connect(lambda *_: self.segment())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+
+        self.worker = None
+        self._cancel: CancelToken | None = None
+        self._kind = ""
+        self._started = 0.0
+        self.last_layers: list[Any] = []
+        self.last_error: BaseException | None = None
+        self.last_outcome = ""  # "done" | "cancelled" | "error"
+        #: called with the list of layers added by a finished run
+        self.on_results: list[Callable[[list[Any]], None]] = []
+        self.task.value = "lesion_sci_t2" if "lesion_sci_t2" in self._tasks else self.task.value
+        self._on_task()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def _spec(self):
+        return self._tasks[self.task.value]
+
+    def _on_task(self, *_: Any) -> None:
+        from ..models import store
+
+        spec = self._spec()
+        custom = bool(str(self.model.value or "").strip(". "))
+        installed = store.is_installed(spec.id)
+        state = (
+            "custom model given below"
+            if custom
+            else ("installed" if installed else f"not installed: {spec.install_command()}")
+        )
+        outputs = ", ".join(o.suffix for o in spec.outputs)
+        self.task_info.value = (
+            f"{spec.description}\nContrast: {', '.join(spec.contrasts)}. "
+            f"Outputs: {outputs}.\nModel: {state}."
+        )
+        self.install_button.enabled = not installed and not self.running
+        self.install_button.text = "Model installed" if installed else "Install model"
+        pp = spec.postprocess
+        self.threshold.enabled = pp.threshold is not None
+        if pp.threshold is not None:
+            self.threshold.value = pp.threshold
+        self.largest.value = pp.largest
+        self.fill_holes.value = pp.fill_holes
+        self.remove_small.value = ",".join(pp.remove_small)
+
+    def run_spec(self) -> RunSpec:
+        """The run the widget would start now (task, model, device, options)."""
+        spec = self._spec()
+        model = str(self.model.value or "").strip()
+        model = model if model not in ("", ".") else None
+        return RunSpec(
+            task=spec.id,
+            model=model,
+            trust=bool(self.trust.value),
+            device=str(self.device.value),
+            threshold=float(self.threshold.value)
+            if spec.postprocess.threshold is not None
+            else None,
+            largest=bool(self.largest.value),
+            fill_holes=bool(self.fill_holes.value),
+            remove_small=str(self.remove_small.value).strip() or None,
+            test_time_aug=bool(self.test_time_aug.value),
+        )
+
+    def _set_busy(self, kind: str) -> None:
+        self._kind = kind
+        busy = bool(kind)
+        self.run_button.enabled = not busy
+        self.install_button.enabled = not busy and not self._installed()
+        self.cancel_button.enabled = busy
+        for w in (self.task, self.image, self.model, self.device):
+            w.enabled = not busy
+
+    def _installed(self) -> bool:
+        from ..models import store
+
+        return store.is_installed(self._spec().id)
+
+    def _on_progress(self, p: Progress) -> None:
+        self.progress.value = int(round(p.fraction * PROGRESS_STEPS))
+        detail = f" ({p.step}/{p.total})" if p.step is not None and p.total else ""
+        self.status.value = f"{self._kind}: {p.stage}{detail}"
+
+    # ------------------------------------------------------------------ actions
+    def segment(self, image: Any = None, run: RunSpec | None = None):
+        """Start a run on ``image`` (default: the picked image layer); returns the worker.
+
+        Raises nothing for user errors: they are shown (status line + notification) and
+        the run is not started.
+        """
+        if self.running:
+            self._fail(SpinesegError("a run is already in progress: wait or cancel it"))
+            return None
+        layer = image if image is not None else self.image.value
+        try:
+            if layer is None:
+                raise SpinesegError("no image layer: open a NIfTI image first")
+            snapshot = ImageSnapshot.of(layer)
+            run = run or self.run_spec()
+        except SpinesegError as exc:
+            self._fail(exc)
+            return None
+        self._cancel = CancelToken()
+        self.last_layers = []
+        self.last_error = None
+        self.last_outcome = ""
+        self.progress.value = 0
+        self._set_busy("Segmenting")
+        self._started = time.perf_counter()
+        self.worker = start_worker(
+            segment_job,
+            snapshot,
+            run,
+            self._cancel,
+            on_progress=self._on_progress,
+            on_returned=self._on_returned,
+            on_errored=self._on_errored,
+            on_finished=self._on_finished,
+        )
+        return self.worker
+
+    def install(self, source: Any = None, trust: bool = False):
+        """Download (or install offline from ``source``) the picked task's model."""
+        if self.running:
+            return None
+        spec = self._spec()
+        self._cancel = CancelToken()
+        self.last_error = None
+        self.last_outcome = ""
+        self._set_busy("Installing")
+        self.progress.value = 0
+        self.worker = start_worker(
+            steps,
+            api.install,
+            spec.id,
+            source,
+            trust,
+            cancel=self._cancel,
+            on_progress=self._on_progress,
+            on_returned=self._on_installed,
+            on_errored=self._on_errored,
+            on_finished=self._on_finished,
+        )
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop the current run or download (nothing is added or installed)."""
+        if self._cancel is not None and self.running:
+            self._cancel.cancel()
+            self.status.value = f"{self._kind}: cancelling..."
+
+    def wait(self, timeout: float = 600.0) -> str:
+        """Block (processing Qt events) until the current job ends; returns the outcome."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout
+        while self.running:
+            QApplication.processEvents()
+            if time.monotonic() > end:
+                raise TimeoutError(f"the {self._kind.lower()} job did not finish in {timeout} s")
+            time.sleep(0.005)
+        QApplication.processEvents()
+        return self.last_outcome
+
+    # ------------------------------------------------------------------ results
+    def _on_returned(self, value: Any) -> None:
+        if value is CANCELLED or (self._cancel is not None and self._cancel.cancelled):
+            self.last_outcome = "cancelled"
+            self.status.value = "Cancelled: nothing was added."
+            self.progress.value = 0
+            return
+        from napari.layers import Layer
+
+        added = []
+        for data, kwargs, kind in value:
+            old = [ly for ly in self.viewer.layers if ly.name == kwargs["name"]]
+            layer = Layer.create(data, kwargs, kind)
+            if old:  # a re-run replaces nothing silently: keep both, mark the new one
+                layer.name = f"{kwargs['name']} (new)"
+            added.append(self.viewer.add_layer(layer))
+        self.last_layers = added
+        self.last_outcome = "done"
+        secs = time.perf_counter() - self._started
+        self.progress.value = PROGRESS_STEPS
+        self.status.value = (
+            f"Done in {secs:.1f} s: {', '.join(ly.name for ly in added)}. "
+            "Review and correct them in the Review panel."
+        )
+        for cb in list(self.on_results):
+            cb(added)
+
+    def _on_installed(self, value: Any) -> None:
+        if value is CANCELLED:
+            self.last_outcome = "cancelled"
+            self.status.value = "Install cancelled: nothing was installed."
+        else:
+            self.last_outcome = "done"
+            self.status.value = f"Installed in {value}."
+        self.progress.value = 0 if value is CANCELLED else PROGRESS_STEPS
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self.last_error = exc
+        self.last_outcome = "error"
+        self.status.value = f"Failed: {exc}"
+        self.progress.value = 0
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._set_busy("")
+        self._on_task()
+
+    def _fail(self, exc: BaseException) -> None:
+        """Show a user error without starting anything (no traceback: it is not a bug)."""
+        from napari.utils.notifications import show_error
+
+        self.last_error = exc
+        self.last_outcome = "error"
+        self.status.value = f"Failed: {exc}"
+        show_error(str(exc))

@@ -1,0 +1,220 @@
+"""Scripted review sessions: ``napari_spineseg.review(viewer, path, task=...)``.
+
+Opens the image with the plugin's geometry, docks the Segment and Review widgets, starts
+the task on the worker and returns at once. Every widget action is a plain method here
+(or on ``session.segment_widget`` / ``session.review_widget``), so a notebook drives the
+same code as the buttons::
+
+    import napari, napari_spineseg
+    viewer = napari.Viewer()
+    s = napari_spineseg.review(viewer, "sub-01_T2w.nii.gz", task="lesion_sci_t2")
+    s.wait()                      # or keep working: the viewer stays responsive
+    s.table                       # per-slice QC of the current result
+    s.trim((0, 3)); s.refine((40, 48)); s.apply()
+    s.save_all()
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import GeometryWarning, SpinesegError
+from .jobs import RunSpec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..correction.qc import SliceTable
+    from .review_state import LayerReview
+    from .review_widget import ReviewWidget
+    from .segment_widget import SegmentWidget
+
+
+class ReviewSession:
+    """One image under review in a viewer (see the module docstring)."""
+
+    def __init__(self, viewer: napari.viewer.Viewer, image_layer: Any, run: RunSpec) -> None:
+        from .review_widget import ReviewWidget
+        from .segment_widget import SegmentWidget
+
+        self.viewer = viewer
+        self.image_layer = image_layer
+        self.run = run
+        self.segment_widget: SegmentWidget = SegmentWidget(viewer)
+        self.review_widget: ReviewWidget = ReviewWidget(viewer)
+        viewer.window.add_dock_widget(
+            self.segment_widget, name="Segment spinal cord", area="right"
+        )
+        viewer.window.add_dock_widget(self.review_widget, name="Review and correct", area="right")
+        self.segment_widget.image.value = image_layer
+        if run.task:
+            self.segment_widget.task.value = run.task
+        if run.device in self.segment_widget.device.choices:
+            self.segment_widget.device.value = run.device
+
+    # ---------------------------------------------------------------- running
+    def segment(self):
+        """Start the task on the worker (returns the worker; see :meth:`wait`)."""
+        return self.segment_widget.segment(self.image_layer, run=self.run)
+
+    def wait(self, timeout: float = 3600.0) -> str:
+        """Process Qt events until the running job ends: "done", "cancelled" or "error"."""
+        outcome = self.segment_widget.wait(timeout)
+        self.review_widget.wait(timeout)
+        if outcome == "error" and self.segment_widget.last_error is not None:
+            warnings.warn(f"segmentation failed: {self.segment_widget.last_error}", stacklevel=2)
+        return outcome
+
+    def cancel(self) -> None:
+        self.segment_widget.cancel()
+        self.review_widget.cancel()
+
+    # ---------------------------------------------------------------- results
+    @property
+    def layers(self) -> list[Any]:
+        """The result layers under review."""
+        return [st.layer for st in self.review_widget.states.values()]
+
+    def select(self, layer_or_name: Any) -> LayerReview:
+        """Review this result layer (a layer or its name)."""
+        layer = (
+            self.viewer.layers[layer_or_name] if isinstance(layer_or_name, str) else layer_or_name
+        )
+        return self.review_widget.select_layer(layer)
+
+    @property
+    def state(self) -> LayerReview:
+        state = self.review_widget.state
+        if state is None:
+            raise SpinesegError("no result yet: call session.segment() and session.wait()")
+        return state
+
+    @property
+    def table(self) -> SliceTable:
+        """Per-slice QC table of the selected result (``table.rows()`` for plain dicts)."""
+        return self.state.table
+
+    @property
+    def edits(self):
+        """Edits against the model output (voxels per class and slice)."""
+        return self.state.refresh(table=False)
+
+    def go_to(self, slice_index: int) -> None:
+        self.review_widget.go_to_slice(slice_index)
+
+    def mark_reviewed(self, slices) -> None:
+        self.review_widget.mark_reviewed(slices)
+
+    # ---------------------------------------------------------------- correcting
+    def set_class(self, value_or_name: int | str) -> None:
+        self.review_widget.set_class(value_or_name)
+
+    def interpolate(self, slice_a: int, slice_b: int) -> int:
+        return self.review_widget.interpolate(slice_a, slice_b)
+
+    def remove_small(self, min_voxels: int) -> int:
+        return self.review_widget.remove_small(min_voxels)
+
+    def fill_holes(self, mode: str = "2d") -> int:
+        return self.review_widget.fill_holes(mode)
+
+    def suggest_slab(self) -> tuple[int, int] | None:
+        return self.review_widget.suggest_slab()
+
+    def trim(self, slab: tuple[int, int]) -> int:
+        """Clear display slices ``[start, stop)`` (one undo step)."""
+        return self.review_widget.trim(slab)
+
+    def refine(
+        self,
+        slab: tuple[int, int],
+        margin: int | None = None,
+        overwrite: bool = False,
+        wait: bool = True,
+        apply: bool = False,
+    ):
+        """Re-run the task on ``slab`` (+ ``margin`` slices of context) and preview it.
+
+        With ``wait`` (default) returns the preview layer once ready; with ``apply`` the
+        preview is merged at once (one undo step) and the number of changed voxels returned.
+        """
+        worker = self.review_widget.refine(slab, margin=margin, overwrite=overwrite)
+        if not wait:
+            return worker
+        outcome = self.review_widget.wait()
+        if outcome != "done":
+            err = self.review_widget.last_error
+            raise SpinesegError(f"refine {outcome}: {err}" if err else f"refine {outcome}")
+        if apply:
+            return self.apply()
+        return self.review_widget.preview_layer
+
+    def apply(self) -> int:
+        """Merge the previewed refine (one undo step)."""
+        return self.review_widget.apply_preview()
+
+    def discard(self) -> None:
+        self.review_widget.discard_preview()
+
+    # ---------------------------------------------------------------- saving
+    def save(self, path: str | os.PathLike | None = None) -> Path:
+        """Save the selected result (beside the source by default) with its sidecar."""
+        return self.review_widget.save(path)
+
+    def save_all(self) -> list[Path]:
+        """Save every result layer beside the source (SCT names) with sidecars."""
+        return self.review_widget.save_all()
+
+
+def open_image(viewer: napari.viewer.Viewer, path: str | os.PathLike) -> Any:
+    """Open a NIfTI image with napari-spineseg's geometry; returns the image layer."""
+    from napari.layers import Layer
+
+    from ..io import load
+    from ..layers import volume_layer_data
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", GeometryWarning)
+        volume = load(path)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    data, kwargs, kind = volume_layer_data(volume, as_labels=False)
+    return viewer.add_layer(Layer.create(data, kwargs, kind))
+
+
+def review(
+    viewer: napari.viewer.Viewer,
+    image: str | os.PathLike | Any,
+    task: str | None = "lesion_sci_t2",
+    model: str | os.PathLike | None = None,
+    trust: bool = False,
+    device: str = "auto",
+    start: bool = True,
+    **options: Any,
+) -> ReviewSession:
+    """Open ``image`` (a path, or an image layer already in ``viewer``), dock the widgets
+    and start ``task`` on a worker; returns a :class:`ReviewSession` at once.
+
+    ``options``: ``threshold``, ``largest``, ``fill_holes``, ``remove_small``,
+    ``test_time_aug`` as in :func:`napari_spineseg.api.segment`.
+    """
+    if isinstance(image, str | os.PathLike):
+        layer = open_image(viewer, image)
+    else:
+        layer = image
+    rs = options.pop("remove_small", None)
+    run = RunSpec(
+        task=task,
+        model=str(model) if model is not None else None,
+        trust=trust,
+        device=device,
+        remove_small=",".join(rs) if isinstance(rs, list | tuple) else rs,
+        **options,
+    )
+    session = ReviewSession(viewer, layer, run)
+    if start:
+        session.segment()
+    return session

@@ -1,0 +1,194 @@
+"""Long work off the GUI thread: generator cores that yield :class:`Progress`.
+
+The pattern is stardist-napari's: a *generator* does the work and yields progress
+reports; napari's ``GeneratorWorker`` runs it on a thread and turns each ``yield`` into a
+``yielded`` signal on the GUI thread (progress bar), the return value into ``returned``
+(add the layers) and an exception into ``errored`` (napari shows a notification). The
+same generator can be consumed synchronously (:func:`run_sync`) by scripts and tests.
+
+``api.segment`` reports through a plain callback, which cannot ``yield``; :func:`steps`
+therefore runs the call on a helper thread and relays its reports through a queue. This
+also bounds cancellation latency: the generator polls every 50 ms, so a cancelled run
+ends within :data:`CANCEL_GRACE_S` even if the engine is in the middle of a long tile (the
+helper thread then stops at its next report; its result is discarded, nothing is added).
+
+Nothing here touches Qt widgets or layers: results are returned, and the GUI thread
+decides what to do with them.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+from ..errors import Cancelled
+from ..progress import CancelToken, Progress
+
+#: Seconds a cancelled run waits for the engine to reach a cancellation point.
+CANCEL_GRACE_S = 0.8
+#: Poll interval of the generator (also the heartbeat that lets the worker quit).
+POLL_S = 0.05
+
+#: Helper threads of cancelled runs that have not reached a cancellation point yet. A
+#: new run waits for them, so two predictions never share one loaded engine.
+_ORPHANS: list[threading.Thread] = []
+_ORPHANS_LOCK = threading.Lock()
+
+
+class CancelledRun:
+    """Returned (not raised) by a cancelled generator: a user action, not an error."""
+
+    def __repr__(self) -> str:
+        return "CancelledRun()"
+
+
+CANCELLED = CancelledRun()
+
+
+def _wait_for_orphans() -> Generator[Progress, None, None]:
+    while True:
+        with _ORPHANS_LOCK:
+            _ORPHANS[:] = [t for t in _ORPHANS if t.is_alive()]
+            alive = bool(_ORPHANS)
+        if not alive:
+            return
+        yield Progress(0.0, "waiting for the cancelled run to stop")
+        time.sleep(POLL_S)
+
+
+def steps(
+    fn: Callable[..., Any],
+    *args: Any,
+    cancel: CancelToken,
+    **kwargs: Any,
+) -> Generator[Progress, None, Any]:
+    """Run ``fn(*args, progress=..., cancel=cancel, **kwargs)`` and yield its progress.
+
+    Returns ``fn``'s result, or :data:`CANCELLED` when ``cancel`` was set (then within
+    about :data:`CANCEL_GRACE_S`); re-raises ``fn``'s exception otherwise.
+    """
+    yield from _wait_for_orphans()
+    reports: queue.Queue[Progress] = queue.Queue()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn(*args, progress=reports.put, cancel=cancel, **kwargs)
+        except BaseException as exc:  # relayed to the generator's consumer
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="spineseg-run", daemon=True)
+    thread.start()
+    cancelled_at: float | None = None
+    last: Progress | None = None
+    while thread.is_alive():
+        thread.join(POLL_S)
+        latest = None
+        while True:
+            try:
+                latest = reports.get_nowait()
+            except queue.Empty:
+                break
+        if cancel.cancelled:
+            if cancelled_at is None:
+                cancelled_at = time.monotonic()
+            if time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+                with _ORPHANS_LOCK:
+                    _ORPHANS.append(thread)
+                return CANCELLED
+            continue
+        if latest is not None and latest != last:
+            last = latest
+            yield latest
+        else:
+            yield None  # heartbeat: lets a napari worker notice quit()
+    if cancel.cancelled or isinstance(box.get("error"), Cancelled):
+        return CANCELLED
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def run_sync(
+    gen: Generator[Any, None, Any], on_progress: Callable[[Progress], None] | None = None
+):
+    """Consume a generator core on the calling thread (scripts, tests, benchmarks)."""
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        if item is not None and on_progress is not None:
+            on_progress(item)
+
+
+def start_worker(
+    gen_func: Callable[..., Generator[Any, None, Any]],
+    *args: Any,
+    on_progress: Callable[[Progress], None] | None = None,
+    on_returned: Callable[[Any], None] | None = None,
+    on_errored: Callable[[BaseException], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    **kwargs: Any,
+):
+    """Start ``gen_func(*args, **kwargs)`` on a napari ``GeneratorWorker``.
+
+    Heartbeats (``None``) are filtered out before ``on_progress``. Errors are relayed
+    to napari's notifications by the worker itself (``on_errored`` is for the widget's
+    own status line). Returns the started worker.
+    """
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+    if on_progress is not None:
+        worker.yielded.connect(lambda p: on_progress(p) if p is not None else None)
+    if on_returned is not None:
+        worker.returned.connect(on_returned)
+    if on_errored is not None:
+        worker.errored.connect(on_errored)
+    if on_finished is not None:
+        worker.finished.connect(on_finished)
+    worker.start()
+    return worker
+
+
+class StallMeter:
+    """Measures the longest gap of the Qt event loop (GUI freezes) with a 10 ms timer.
+
+    Start it before a run and read :attr:`longest_ms` after: a timer that should fire
+    every ``interval_ms`` records the time between firings; anything much longer is time
+    the GUI thread was busy and the viewer did not respond.
+    """
+
+    def __init__(self, interval_ms: int = 10) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.interval_ms = interval_ms
+        self.gaps_ms: list[float] = []
+        self._last: float | None = None
+        self._timer = QTimer()
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps_ms.append((now - self._last) * 1000.0)
+        self._last = now
+
+    def start(self) -> StallMeter:
+        self.gaps_ms.clear()
+        self._last = None
+        self._timer.start()
+        return self
+
+    def stop(self) -> StallMeter:
+        self._timer.stop()
+        return self
+
+    @property
+    def longest_ms(self) -> float:
+        return max(self.gaps_ms, default=0.0)

@@ -1,0 +1,55 @@
+"""Fixtures of the widget tests: a real (random-weight) nnU-Net model, a phantom image on
+disk, isolated model store and autosave folders, and a napari viewer that can draw."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import pytest
+
+from napari_spineseg import segmentation
+from napari_spineseg.models import store
+from napari_spineseg.phantom import cord_phantom
+
+PLUGIN = "napari-spineseg"
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("SPINESEG_NUM_THREADS", "1")
+    monkeypatch.setenv(store.ENV_MODELS_DIR, str(tmp_path / "store"))
+    monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "autosave"))
+    segmentation.clear_engine_cache()
+    yield
+    segmentation.clear_engine_cache()
+
+
+@pytest.fixture(scope="session")
+def region_model(tmp_path_factory):
+    """A real nnU-Net v2 folder (random weights) with SCIseg's labels: sc = {1, 2}, lesion = 2."""
+    from napari_spineseg.engines._nnunet_random import write_random_model
+
+    root = tmp_path_factory.mktemp("model")
+    return write_random_model(
+        root / "Dataset9_sci/nnUNetTrainer__nnUNetPlans__3d_fullres",
+        labels={"background": 0, "sc": [1, 2], "lesion": 2},
+        regions_class_order=[1, 2],
+        seed=5,
+    )
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    img, _ = cord_phantom(shape=(48, 40, 16), zooms=(0.8, 0.8, 2.5), axcodes="PSR", seed=1)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    path = folder / "sub-01_T2w.nii.gz"
+    nib.save(img, path)
+    return path
+
+
+@pytest.fixture
+def viewer(gl_viewer):
+    return gl_viewer
