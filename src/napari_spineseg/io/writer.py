@@ -137,7 +137,8 @@ def save_labels(
                 "a mask must be on its image's grid"
             )
     dtype = label_dtype(arr)
-    arr = np.ascontiguousarray(arr, dtype=dtype)
+    # Fortran order = NIfTI voxel order: no transpose copy here, in nibabel or in _verify.
+    arr = np.asfortranarray(arr, dtype=dtype)
 
     img = _mask_image(arr, source, descrip)
     payload = img.to_bytes()

@@ -1,0 +1,1 @@
+"""Benchmarks of napari-spineseg (not installed with the package); see README.md."""
