@@ -159,7 +159,8 @@ def test_step1_equals_the_package_inference(model, data_folder, phantom_file, tm
     assert ours.maps["all"].shape == theirs_all.shape == nib.load(phantom_file).shape
     np.testing.assert_array_equal(ours.maps["all"], theirs_all)
     np.testing.assert_array_equal(ours.maps["discs"], theirs_levels)
-    assert np.count_nonzero(theirs_levels) >= 5  # a real comparison, not two empty maps
+    # A real comparison, not two empty maps.
+    assert len(np.unique(theirs_all)) >= 5 and np.count_nonzero(theirs_levels) >= 1
 
 
 @pytest.mark.slow
