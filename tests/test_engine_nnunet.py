@@ -427,3 +427,74 @@ def test_wrong_number_of_channels_is_a_task_error(models):
     other = nib.Nifti1Image(np.zeros((10, 10, 10), np.int16), img.affine)
     with pytest.raises(TaskError, match="same voxel grid"):
         model.predict([img, other])
+
+
+# ------------------------------------------------- trained tiny models (tests/data/models)
+MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+
+
+def _manifest() -> dict:
+    import json
+
+    path = MODELS_DIR / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+NNUNET_TEST_MODELS = sorted(_manifest())
+
+
+@pytest.fixture(scope="module")
+def trained_model_folder(tmp_path_factory):
+    """name -> model folder (archives are unpacked once per module)."""
+    import zipfile
+
+    manifest = _manifest()
+    root = tmp_path_factory.mktemp("trained")
+    cache: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name in cache:
+            return cache[name]
+        entry = manifest[name]
+        if entry.get("archive"):
+            archive = MODELS_DIR / entry["archive"]
+            if not archive.is_file():
+                pytest.skip(f"{archive} is not built yet (scripts/build_test_models.py)")
+            with zipfile.ZipFile(archive) as zf:
+                zf.extractall(root / name)
+            folder = root / name / entry["archive_prefix"]
+        else:
+            folder = MODELS_DIR / entry["folder"]
+            if not folder.is_dir():
+                pytest.skip(f"{folder} is not built yet (scripts/build_test_models.py)")
+        cache[name] = folder
+        return folder
+
+    return get
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = a.sum() + b.sum()
+    return 1.0 if denom == 0 else 2.0 * np.logical_and(a, b).sum() / denom
+
+
+@pytest.mark.skipif(not NNUNET_TEST_MODELS, reason="tests/data/models/manifest.json not built")
+@pytest.mark.parametrize("name", NNUNET_TEST_MODELS)
+@pytest.mark.parametrize("axcodes", ["RAS", "PSR"])
+def test_trained_tiny_models_segment_the_phantom(trained_model_folder, name, axcodes):
+    """Dice >= 0.95 against the phantom's truth, also for a non-canonical input."""
+    entry = _manifest()[name]
+    model = NnunetModel.load(trained_model_folder(name), device="cpu")
+    assert model.checkpoint_name == entry["checkpoint_name"]
+    assert [str(f) for f in model.folds] == entry["folds"]
+    seed = entry["heldout_seeds"][0]
+    img, lab = cord_phantom(seed=seed, axcodes=axcodes, **entry["phantom"])
+    raw = np.asanyarray(lab.dataobj)
+    truth = np.zeros(raw.shape, np.uint8)
+    for src, dst in entry["label_map"].items():
+        truth[raw == int(src)] = dst
+    labels = model.predict(img).maps["labels"]
+    assert labels.shape == img.shape
+    for cls, values in entry["eval_classes"].items():
+        d = _dice(np.isin(labels, values), np.isin(truth, values))
+        assert d >= 0.95, f"{name} {cls}: Dice {d:.3f} in {axcodes}"
