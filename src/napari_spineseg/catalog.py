@@ -253,6 +253,32 @@ _URL_ROOTLETS = (
 _URL_TSS = "https://github.com/neuropoly/totalspineseg/releases/download/r20251124/"
 
 
+def _tss_sources() -> tuple[ModelSource, ...]:
+    """TotalSpineSeg's weights as its installed package declares them (as SCT does).
+
+    The labelling algorithm comes from the installed ``totalspineseg`` package, and each
+    package version expects the weights of its own release (``Project-URL:
+    Dataset10x_...`` in its metadata); without the package, the release SCT 7.3 pins.
+    """
+    urls: list[str] = []
+    try:
+        from importlib.metadata import PackageNotFoundError, metadata
+
+        meta = metadata("totalspineseg")
+        for entry in meta.get_all("Project-URL") or []:
+            label, _, url = entry.partition(",")
+            if label.strip().startswith("Dataset10") and url.strip().endswith(".zip"):
+                urls.append(url.strip())
+    except PackageNotFoundError:
+        urls = []
+    if len(urls) != 2:
+        urls = [
+            _URL_TSS + "Dataset101_TotalSpineSeg_step1_r20251124.zip",
+            _URL_TSS + "Dataset102_TotalSpineSeg_step2_r20251124.zip",
+        ]
+    return tuple(ModelSource(u, None, u.rsplit("/", 1)[1]) for u in sorted(urls))
+
+
 def _binary(suffix: str, cls: str, color: RGBA, title: str, aliases=()) -> OutputSpec:
     return OutputSpec(
         suffix=suffix,
@@ -378,18 +404,7 @@ SPINE = TaskSpec(
     contrasts=("any",),
     citation=CITATION_TSS,
     backend="totalspineseg",
-    sources=(
-        ModelSource(
-            _URL_TSS + "Dataset101_TotalSpineSeg_step1_r20251124.zip",
-            None,
-            "Dataset101_TotalSpineSeg_step1_r20251124.zip",
-        ),
-        ModelSource(
-            _URL_TSS + "Dataset102_TotalSpineSeg_step2_r20251124.zip",
-            None,
-            "Dataset102_TotalSpineSeg_step2_r20251124.zip",
-        ),
-    ),
+    sources=_tss_sources(),
     orientation="RAS",  # TSS: canonical orientation, 1 mm isotropic, back to input grid
     classes=TSS_ALL_CLASSES,
     colors=_tss_all_colors(TSS_ALL_CLASSES),
