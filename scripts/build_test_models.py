@@ -141,6 +141,7 @@ SPECS: dict[str, ModelSpec] = {
                 "model-spinal-rootlets-multicon-r20250318.zip"
             ),
             eval_classes={"lvl2": (2,), "lvl3": (3,), "lvl4": (4,)},
+            n_iters=1500,
         ),
         ModelSpec(
             name="custom_2d",

@@ -54,9 +54,9 @@ _INTENSITY = {
     "cord": 0.45,
     "gm": 0.58,
     "lesion": 0.85,
-    "rootlet_lvl2": 0.10,
-    "rootlet_lvl3": 0.30,
-    "rootlet_lvl4": 0.55,
+    "rootlet_lvl2": 0.05,
+    "rootlet_lvl3": 0.32,
+    "rootlet_lvl4": 0.68,
 }
 
 _VALID_STRUCTURES = ("cord", "csf")
