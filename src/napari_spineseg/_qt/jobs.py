@@ -151,7 +151,28 @@ def result_layer_data(result, snapshot: ImageSnapshot, run: RunSpec) -> list[tup
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])[-3:]
         layers.append((data, kwargs, kind))
+        warm_up_label_colormap(kwargs.get("colormap"), data.dtype)
     return layers
+
+
+def warm_up_label_colormap(colormap: Any, dtype: np.dtype) -> None:
+    """Compile napari's label-colour kernels here, on the worker thread.
+
+    napari maps label values to colours with numba functions compiled on first use
+    (about 2-5 s); done by the first ``add_layer`` that would freeze the viewer. Compiled
+    code is shared by the process, so doing it once off the GUI thread removes the stall.
+    """
+    if not colormap:
+        return
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        cmap = DirectLabelColormap(color_dict=colormap)
+        values = np.zeros((2, 2), dtype=dtype)
+        cmap.map(values)
+        cmap._data_to_texture(values)
+    except Exception:  # only an optimisation: never fail a run for it
+        pass
 
 
 def segment_job(

@@ -86,6 +86,8 @@ class LayerReview:
         self._pending: set[int] = set()
         self._pending_full = False
         self._autosave_lock = threading.Lock()
+        #: weak reference to a callable(state) told about paint/reload events (the widget)
+        self.listener: Any = None
         self.autosaver: correction.Autosaver | None = None
         src = info.get("source_path") or ""
         if src:
@@ -126,6 +128,21 @@ class LayerReview:
                         self._pending.update(np.unique(idx).tolist())
             except Exception:  # an atom format we do not know: recompute everything
                 self._pending_full = True
+
+    def on_paint_event(self, event: Any = None) -> None:
+        """Connected to ``layer.events.paint``."""
+        self.note_paint(event)
+        self._tell()
+
+    def on_reload_event(self, event: Any = None) -> None:
+        """Connected to ``layer.events.reload`` / ``data`` (undo, redo, assignment)."""
+        self.note_reload(event)
+        self._tell()
+
+    def _tell(self) -> None:
+        fn = self.listener() if self.listener is not None else None
+        if fn is not None:
+            fn(self)
 
     def note_reload(self, event: Any = None) -> None:
         """Data changed without a paint event (undo/redo, assignment): full diff."""

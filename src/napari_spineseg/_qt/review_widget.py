@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -404,10 +405,13 @@ class ReviewWidget(QScrollArea):
             return self.states.get(id(layer))
         state = LayerReview(layer, autosave_dir=self.autosave_dir)
         self.states[id(layer)] = state
-        layer.events.paint.connect(lambda e, s=state: self._on_paint(s, e))
-        layer.events.reload.connect(lambda e, s=state: self._on_reload(s))
-        layer.events.data.connect(lambda e, s=state: self._on_reload(s))
-        layer.events.name.connect(lambda e: self._update_layer_combo())
+        # bound methods only: napari's emitters hold them weakly, so the layer never
+        # keeps this widget (and through it napari's window) alive
+        state.listener = weakref.WeakMethod(self._on_state_event)
+        layer.events.paint.connect(state.on_paint_event)
+        layer.events.reload.connect(state.on_reload_event)
+        layer.events.data.connect(state.on_reload_event)
+        layer.events.name.connect(self._on_layer_renamed)
         self._offer_recovery(state)
         return state
 
@@ -452,9 +456,10 @@ class ReviewWidget(QScrollArea):
 
     def _install_close_guard(self) -> None:
         window = self.window()
-        if window is self or window is None or window is self._guarded_window:
+        guarded = self._guarded_window() if self._guarded_window is not None else None
+        if window is self or window is None or window is guarded:
             return
-        self._guarded_window = window
+        self._guarded_window = weakref.ref(window)
         window.installEventFilter(_CloseGuard(self))
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
@@ -521,6 +526,9 @@ class ReviewWidget(QScrollArea):
             )
         self._update_layer_combo(select=layer)
         return state
+
+    def _on_layer_renamed(self, event: Any = None) -> None:
+        self._update_layer_combo()
 
     def _update_layer_combo(self, select: Any = None) -> None:
         current = self.layer_combo.currentData()
@@ -646,13 +654,8 @@ class ReviewWidget(QScrollArea):
         return [int(self.table_widget.item(r, 0).data(Qt.ItemDataRole.UserRole)) for r in rows]
 
     # ================================================================== events
-    def _on_paint(self, state: LayerReview, event) -> None:
-        state.note_paint(event)
-        if state is self.state:
-            self._debounce.start()
-
-    def _on_reload(self, state: LayerReview) -> None:
-        state.note_reload()
+    def _on_state_event(self, state: LayerReview) -> None:
+        """A layer under review was painted or reloaded: update the panel (debounced)."""
         if state is self.state:
             self._debounce.start()
 
@@ -865,6 +868,9 @@ class ReviewWidget(QScrollArea):
         self.last_outcome = "error"
         self.last_error = exc
         self.refine_label.setText(f"Refine failed: {exc}")
+        from .segment_widget import notify_error
+
+        notify_error(exc)
 
     def _on_refine_finished(self) -> None:
         self.worker = None
@@ -973,10 +979,10 @@ class ReviewWidget(QScrollArea):
         return None
 
     def _notify(self, exc: BaseException) -> None:
-        from napari.utils.notifications import show_error
+        from napari.utils import notifications
 
         self.last_error = exc
-        show_error(str(exc))
+        notifications.show_error(str(exc))
 
     def _notify_info(self, text: str) -> None:
         from napari.utils.notifications import show_info

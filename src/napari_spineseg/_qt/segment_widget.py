@@ -26,6 +26,7 @@ from magicgui.widgets import (
     PushButton,
     create_widget,
 )
+from qtpy.QtCore import QTimer
 
 from .. import api
 from ..errors import SpinesegError
@@ -113,6 +114,8 @@ class SegmentWidget(Container):
         self.cancel_button.changed.connect(lambda *_: self.cancel())
 
         self.worker = None
+        self._to_add: list[tuple] = []
+        self._added: list[Any] = []
         self._cancel: CancelToken | None = None
         self._kind = ""
         self._started = 0.0
@@ -127,7 +130,8 @@ class SegmentWidget(Container):
     # ------------------------------------------------------------------ state
     @property
     def running(self) -> bool:
-        return self.worker is not None
+        """A job is running, or its result layers are still being added."""
+        return self.worker is not None or bool(self._to_add) or bool(self._added)
 
     def _spec(self):
         return self._tasks[self.task.value]
@@ -284,15 +288,24 @@ class SegmentWidget(Container):
             self.status.value = "Cancelled: nothing was added."
             self.progress.value = 0
             return
+        # one layer per event-loop turn: napari builds each layer's visuals on the GUI
+        # thread (~100 ms to 1 s on a loaded CPU), so the viewer stays responsive between
+        self._to_add = list(value)
+        self._added = []
+        QTimer.singleShot(0, self._add_next_layer)
+
+    def _add_next_layer(self) -> None:
         from napari.layers import Layer
 
-        added = []
-        for data, kwargs, kind in value:
-            old = [ly for ly in self.viewer.layers if ly.name == kwargs["name"]]
+        if self._to_add:
+            data, kwargs, kind = self._to_add.pop(0)
             layer = Layer.create(data, kwargs, kind)
-            if old:  # a re-run replaces nothing silently: keep both, mark the new one
-                layer.name = f"{kwargs['name']} (new)"
-            added.append(self.viewer.add_layer(layer))
+            if any(ly.name == kwargs["name"] for ly in self.viewer.layers):
+                layer.name = f"{kwargs['name']} (new)"  # a re-run never replaces silently
+            self._added.append(self.viewer.add_layer(layer))
+            QTimer.singleShot(0, self._add_next_layer)
+            return
+        added, self._added = self._added, []
         self.last_layers = added
         self.last_outcome = "done"
         secs = time.perf_counter() - self._started
@@ -318,6 +331,7 @@ class SegmentWidget(Container):
         self.last_outcome = "error"
         self.status.value = f"Failed: {exc}"
         self.progress.value = 0
+        notify_error(exc)
 
     def _on_finished(self) -> None:
         self.worker = None
@@ -326,9 +340,17 @@ class SegmentWidget(Container):
 
     def _fail(self, exc: BaseException) -> None:
         """Show a user error without starting anything (no traceback: it is not a bug)."""
-        from napari.utils.notifications import show_error
-
         self.last_error = exc
         self.last_outcome = "error"
         self.status.value = f"Failed: {exc}"
-        show_error(str(exc))
+        notify_error(exc)
+
+
+def notify_error(exc: BaseException) -> None:
+    """A napari notification: the message alone for user errors, the traceback for bugs."""
+    from napari.utils import notifications
+
+    if isinstance(exc, SpinesegError):
+        notifications.show_error(str(exc))
+    else:
+        notifications.notification_manager.receive_error(type(exc), exc, exc.__traceback__)

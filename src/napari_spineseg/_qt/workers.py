@@ -142,7 +142,9 @@ def start_worker(
     """
     from napari.qt.threading import create_worker
 
-    worker = create_worker(gen_func, *args, _start_thread=False, **kwargs)
+    # _ignore_errors: napari relays errors to its notifications; re-raising them on the
+    # GUI thread as well would only add a traceback dialog for a user error
+    worker = create_worker(gen_func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
     if on_progress is not None:
         worker.yielded.connect(lambda p: on_progress(p) if p is not None else None)
     if on_returned is not None:
