@@ -69,3 +69,12 @@ def gl_viewer(request):
     if problem:
         pytest.skip(problem)
     return request.getfixturevalue("make_napari_viewer")()
+
+
+@pytest.fixture(scope="session")
+def release_server():
+    """Local stand-in for GitHub release downloads (tests/release_server.py)."""
+    from release_server import ReleaseServer
+
+    with ReleaseServer() as srv:
+        yield srv

@@ -318,6 +318,15 @@ def test_demo_writes_verified_outputs(tmp_path, capsys):
     mask = _file_data(result["mask"])
     assert set(np.unique(mask)) == {0, 1, 2}
     assert result["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the shipped tiny nnU-Net ran through the public API and wrote SCT-named masks
+    assert sorted(p.name for p in result["outputs"]) == [
+        "phantom_T2w_cord_seg.nii.gz",
+        "phantom_T2w_csf_seg.nii.gz",
+    ]
+    assert min(result["dice"].values()) >= 0.95
+    for out in result["outputs"]:
+        seg = _file_data(out)
+        assert seg.shape == mask.shape and set(np.unique(seg)) <= {0, 1}
     assert str(tmp_path / "demo") in capsys.readouterr().out
     again = run_demo(tmp_path / "demo", verbose=False)  # a re-run replaces its files
     np.testing.assert_array_equal(_file_data(again["mask"]), mask)

@@ -1,11 +1,13 @@
-"""A no-download, no-screen demo: phantom -> NIfTI image + mask -> verified reload -> PNG.
+"""A no-download, no-screen demo: phantom -> NIfTI -> real nnU-Net run -> masks -> PNG.
 
 Why: a newcomer (or CI) can check in seconds that the geometry chain works on their
 machine, without model weights, a display or napari: the phantom is written in a
 permuted, flipped voxel order ("PSR", like SCT's ``t2.nii.gz``), the mask is saved with
 :func:`napari_spineseg.io.save_labels`, both are reloaded and compared voxel for voxel,
-and an overlay PNG shows the display convention the viewer uses (radiological axial,
-sagittal with superior up and anterior left).
+then a real (tiny, shipped) nnU-Net v2 model segments the phantom through the same
+:func:`napari_spineseg.api.segment` / :func:`~napari_spineseg.api.save` path the widget
+and the CLI use, and an overlay PNG shows the result in the display convention of the
+viewer (radiological axial, sagittal with superior up and anterior left).
 """
 
 from __future__ import annotations
@@ -20,13 +22,22 @@ import numpy as np
 from .errors import SpinesegError
 
 IMAGE_NAME = "phantom_T2w.nii.gz"
-MASK_NAME = "phantom_T2w_seg.nii.gz"
+MASK_NAME = "phantom_T2w_label-truth_dseg.nii.gz"
+#: Minimum Dice of the shipped demo model against the phantom's ground truth.
+DEMO_MIN_DICE = 0.9
+
+
+def demo_model_folder() -> Path:
+    """The tiny 2D nnU-Net (cord/CSF) shipped inside the package for the demo."""
+    return Path(__file__).parent / "_demo_model" / "nnUNetTrainer__nnUNetPlans__2d"
+
+
 PNG_NAME = "phantom_T2w_overlay.png"
 _CLASS_RGB = {1: (1.0, 0.25, 0.25), 2: (0.25, 0.6, 1.0)}
 
 
 def run_demo(out_dir: str | Path | None = None, *, verbose: bool = True) -> dict[str, Any]:
-    """Write the demo files into ``out_dir`` (a new temporary folder by default).
+    """Write the demo files into ``out_dir`` (a new temporary folder by default) and segment.
 
     Returns ``{"out_dir", "image", "mask", "png", "checks"}`` (paths and the list of
     checks that passed). Raises :class:`SpinesegError` if a check fails.
@@ -38,8 +49,9 @@ def run_demo(out_dir: str | Path | None = None, *, verbose: bool = True) -> dict
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="spineseg-demo-"))
     out.mkdir(parents=True, exist_ok=True)
     image_path, mask_path, png_path = out / IMAGE_NAME, out / MASK_NAME, out / PNG_NAME
-    if mask_path.exists():
-        mask_path.unlink()  # a re-run replaces the demo mask (no history for demo files)
+    for stale in (mask_path, *out.glob("phantom_T2w_*_seg.nii.gz")):
+        if stale.exists():
+            stale.unlink()  # a re-run replaces the demo masks (no history for demo files)
 
     image, labels = cord_phantom(
         shape=SAMPLE_SHAPE, zooms=SAMPLE_ZOOMS, axcodes=SAMPLE_AXCODES, seed=0
@@ -79,30 +91,65 @@ def run_demo(out_dir: str | Path | None = None, *, verbose: bool = True) -> dict
         "display -> file order restores the mask exactly",
         checks,
     )
+    # A real model, through the public API (one code path for widget, CLI and demo).
+    # trust=True: the checkpoint ships inside this package, like its code.
+    from . import api
+
+    result = api.segment(image_path, model=demo_model_folder(), trust=True, device="cpu")
+    written = api.save(result, out=out)
+    predicted = np.zeros(truth.shape, np.uint8)
+    dice = {}
+    for value, name in ((1, "cord"), (2, "csf")):
+        out_labels = next(o.labels for o in result.outputs.values() if name in o.classes.values())
+        predicted[out_labels > 0] = value
+        a, b = out_labels > 0, truth == value
+        dice[name] = float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
+    _check(
+        min(dice.values()) >= DEMO_MIN_DICE,
+        "model Dice vs truth: " + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()),
+        checks,
+    )
+    for path in written:
+        back = io.load(path)
+        _check(
+            all(
+                np.array_equal(back.header[f], volume.header[f]) for f in io.writer.GEOMETRY_FIELDS
+            ),
+            f"{path.name}: header geometry byte-identical to the image",
+            checks,
+        )
     render_overlay(
         volume.display_data(),
-        mask.display_data(),
+        volume.geometry.to_display(predicted),
         volume.geometry.scale,
         png_path,
-        title=f"{IMAGE_NAME} + {MASK_NAME}",
+        title=f"{IMAGE_NAME}: tiny nnU-Net segmentation (cord, CSF)",
         classes=PHANTOM_CLASSES,
     )
     checks.append(f"overlay written ({png_path.stat().st_size} bytes)")
-    result = {
+    summary = {
         "out_dir": out,
         "image": image_path,
         "mask": mask_path,
+        "outputs": written,
+        "dice": dice,
         "png": png_path,
         "checks": checks,
     }
     if verbose:
         print(f"spineseg demo: outputs in {out}")
-        for label, key in (("image", "image"), ("mask", "mask"), ("overlay", "png")):
-            print(f"  {label:8s}{result[key]}")
+        print(f"  image   {image_path}")
+        print(f"  truth   {mask_path}")
+        for path in written:
+            print(f"  output  {path}")
+        print(f"  overlay {png_path}")
         for line in checks:
             print(f"  ok      {line}")
-        print(f"Open them in napari:  napari {image_path} {mask_path} --plugin napari-spineseg")
-    return result
+        print(
+            f"Open them in napari:  napari {image_path} {' '.join(map(str, written))} "
+            "--plugin napari-spineseg"
+        )
+    return summary
 
 
 def _check(ok: bool, what: str, checks: list[str]) -> None:
