@@ -22,14 +22,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 64, 24))
     args = ap.parse_args()
-    import nibabel as nib
     import napari
+    import nibabel as nib
     import torch
 
     torch.set_num_threads(int(os.environ.get("SPINESEG_NUM_THREADS", "1")))
     from napari_spineseg import api
-    from napari_spineseg._qt.session import open_image
     from napari_spineseg._qt.segment_widget import SegmentWidget
+    from napari_spineseg._qt.session import open_image
     from napari_spineseg._qt.workers import StallMeter
     from napari_spineseg.engines._nnunet_random import write_random_model
     from napari_spineseg.phantom import cord_phantom
