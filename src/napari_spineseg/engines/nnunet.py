@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -187,7 +188,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
 
 
 class NnunetModel:
-    """A loaded nnU-Net v2 model folder, ready to predict many images (see module doc)."""
+    """A loaded nnU-Net v2 model folder, ready to predict many images (see module doc).
+
+    Predictions on one model run one at a time (a lock serialises them): nnU-Net loads
+    each fold's weights into the same network in turn, so concurrent runs would mix folds.
+    """
 
     def __init__(self) -> None:  # use NnunetModel.load
         self.folder: Path
@@ -210,6 +215,7 @@ class NnunetModel:
         self.last_info: dict[str, Any] = {}
         self._predictor = None
         self._report: Reporter | None = None
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -430,6 +436,10 @@ class NnunetModel:
     ) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
         """nnU-Net on an array in its own (c, z, y, x) convention, as
         ``predict_single_npy_array`` does it: preprocess, fold ensemble, export."""
+        with self._lock:
+            return self._predict_czyx_locked(data_czyx, spacing_zyx, report, return_probabilities)
+
+    def _predict_czyx_locked(self, data_czyx, spacing_zyx, report, return_probabilities):
         import torch
         from nnunetv2.inference.export_prediction import (
             convert_predicted_logits_to_segmentation_with_correct_shape,
