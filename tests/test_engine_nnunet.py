@@ -275,6 +275,20 @@ def test_same_labels_in_world_space_for_any_input_orientation(models, tmp_path, 
     )
 
 
+def test_orientation_override_and_bad_image_orientation(models, tmp_path):
+    model = NnunetModel.load(models["3d"], device="cpu", orientation="psr")
+    assert model.orientation == "PSR"
+    img = phantom("RAS")[0]
+    in_model = img.as_reoriented(orient.orientation_transforms(img.affine, "PSR")[0])
+    np.testing.assert_array_equal(
+        _labels_in_ras(model.predict(img).maps["labels"], img.affine),
+        _labels_in_ras(stock_npy(models["3d"], [in_model], False), in_model.affine),
+    )
+    folder = write_random_model(tmp_path / "bad", image_orientation="LPX")
+    with pytest.raises(ModelNotInstalledError, match="image_orientation"):
+        NnunetModel.load(folder, device="cpu")
+
+
 # ------------------------------------------------------------------ progress and cancel
 def test_progress_is_reported_per_tile_for_every_fold(models):
     model = NnunetModel.load(models["3d"], device="cpu")

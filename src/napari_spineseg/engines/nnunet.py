@@ -229,13 +229,16 @@ class NnunetModel:
         tile_step_size: float = 0.5,
         use_mirroring: bool = False,
         trust: bool = True,
+        orientation: str | None = None,
     ) -> NnunetModel:
         """Load ``folder`` (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_*.pth``).
 
         ``folds``: ``None`` = every ``fold_N`` that has a checkpoint (``fold_all`` when it is
         the only one), ``("all",)`` = ``fold_all``. ``checkpoint``: ``auto`` (final, else
         best, as SCT), ``final``, ``best`` or a file name. Defaults are SCT's: tile step
-        0.5, Gaussian weighting, no test-time mirroring.
+        0.5, Gaussian weighting, no test-time mirroring. ``orientation`` (nibabel axis
+        codes) overrides the model orientation read from ``dataset.json`` (for a task
+        whose catalog entry knows better, as SCT's hard-coded AIL for lesion datasets).
         """
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -304,7 +307,18 @@ class NnunetModel:
         self.patch_size = tuple(int(p) for p in cm.patch_size)
         self._set_labels(label_manager)
         image_orientation = self.dataset_json.get("image_orientation")
-        self.orientation = orient.sct_to_nibabel(image_orientation) if image_orientation else "RAS"
+        if orientation:  # a ValueError for a bad code: a caller's bug, not the model's
+            self.orientation = orient.sct_to_nibabel(orient.nibabel_to_sct(orientation))
+        elif image_orientation:
+            try:
+                self.orientation = orient.sct_to_nibabel(image_orientation)
+            except ValueError as exc:
+                raise ModelNotInstalledError(
+                    f"nnU-Net model folder {folder}: dataset.json has a bad "
+                    f"image_orientation ({exc})"
+                ) from exc
+        else:
+            self.orientation = "RAS"
 
         predictor = predictor_class()(
             tile_step_size=self.tile_step_size,
