@@ -1,6 +1,7 @@
 """Benchmark of the nnU-Net engine (napari_spineseg.engines.nnunet).
 
-Run: ``python benchmarks/bench_engine.py`` (about 3-5 min on 2 cores), ``--quick`` (< 1 min).
+Run: ``python benchmarks/bench_engine.py`` (3-5 min on 2 idle cores; 7 min for ``--threads 1``
+on a 2-core machine at load average 6), ``--quick`` (no 3d_fullres TTA, fewer repeats).
 
 (a) Overhead of ``NnunetModel.predict`` (nibabel image in, reorientation, progress hooks,
     labels back on the input grid) over a bare ``nnUNetPredictor.predict_single_npy_array``
