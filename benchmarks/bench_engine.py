@@ -1,7 +1,8 @@
 """Benchmark of the nnU-Net engine (napari_spineseg.engines.nnunet).
 
-Run: ``python benchmarks/bench_engine.py`` (3-5 min on 2 idle cores; 7 min for ``--threads 1``
-on a 2-core machine at load average 6), ``--quick`` (no 3d_fullres TTA, fewer repeats).
+Run: ``python benchmarks/bench_engine.py`` (estimated 3-5 min on 2 idle cores; measured 7 min
+with ``--threads 1`` on a shared 2-core machine at load average 6), ``--quick`` (no 3d_fullres
+TTA, fewer repeats), ``--threads 1`` (skip the 2-thread runs), ``--no-realistic``.
 
 (a) Overhead of ``NnunetModel.predict`` (nibabel image in, reorientation, progress hooks,
     labels back on the input grid) over a bare ``nnUNetPredictor.predict_single_npy_array``
