@@ -59,6 +59,25 @@ def _wait_for_orphans() -> Generator[Progress, None, None]:
         time.sleep(POLL_S)
 
 
+def _stage_kind(stage: str) -> str:
+    return "".join(ch for ch in stage if not ch.isdigit())
+
+
+def _one_per_stage(reports: list[Progress]) -> list[Progress]:
+    """The last report of each stage kind, in order ("tile 3/16" and "tile 9/16" are one kind).
+
+    Coalescing keeps the GUI thread light when a fast model reports hundreds of tiles
+    per poll, without hiding a stage (preprocessing, tiles, export) from the user.
+    """
+    out: list[Progress] = []
+    for report in reports:
+        if out and _stage_kind(out[-1].stage) == _stage_kind(report.stage):
+            out[-1] = report
+        else:
+            out.append(report)
+    return out
+
+
 def steps(
     fn: Callable[..., Any],
     *args: Any,
@@ -86,10 +105,10 @@ def steps(
     last: Progress | None = None
     while thread.is_alive():
         thread.join(POLL_S)
-        latest = None
+        drained: list[Progress] = []
         while True:
             try:
-                latest = reports.get_nowait()
+                drained.append(reports.get_nowait())
             except queue.Empty:
                 break
         if cancel.cancelled:
@@ -100,9 +119,10 @@ def steps(
                     _ORPHANS.append(thread)
                 return CANCELLED
             continue
-        if latest is not None and latest != last:
-            last = latest
-            yield latest
+        batch = _one_per_stage(drained)
+        if batch and batch[-1] != last:
+            yield from batch
+            last = batch[-1]
         else:
             yield None  # heartbeat: lets a napari worker notice quit()
     if cancel.cancelled or isinstance(box.get("error"), Cancelled):
