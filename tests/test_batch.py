@@ -289,3 +289,11 @@ def test_cli_batch_user_errors_exit_1(scans, capsys, no_cluster):
     assert cli.main(["batch", "rootlets", "-i", str(scans[0])]) == 1
     err = capsys.readouterr().err
     assert "spineseg install rootlets" in err and "Traceback" not in err
+
+
+def test_on_a_given_cluster_a_missing_model_is_reported_per_item(scans, inproc_scheduler):
+    # The calling process does not check a cluster of your own (its workers may have
+    # another model store): each item says what the worker found.
+    items = segment_many(scans[:2], "lesion_sci_t2", client=inproc_scheduler)
+    assert [it.ok for it in items] == [False, False]
+    assert all("spineseg install lesion_sci_t2" in it.error for it in items)

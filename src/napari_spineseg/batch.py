@@ -213,9 +213,11 @@ def segment_many(
     the batch between files (files already written stay; raises
     :class:`~napari_spineseg.errors.Cancelled`).
 
-    Before starting workers the task is checked in this process (installed model, trusted
-    custom model), so a batch that cannot run fails once, not once per file; with an
-    external cluster the workers must see the same model store (``SPINESEG_MODELS_DIR``).
+    Without ``client``, the task is checked in this process before workers start
+    (installed model, trusted custom model), so a batch that cannot run fails once, not
+    once per file. With a cluster of your own, the workers must see the inputs, the output
+    folder and a model store with the model (``SPINESEG_MODELS_DIR``); a problem there is
+    reported on every item.
     """
     files = [Path(p).expanduser().absolute() for p in paths]
     if not files:
@@ -230,7 +232,7 @@ def segment_many(
         raise SpinesegError(f"out_dir {out} exists and is not a folder")
     _check_names(files, out)
     model_path = str(Path(model).expanduser().absolute()) if model is not None else None
-    if client is None or isinstance(client, str):
+    if client is None:  # a cluster of your own may see another model store: its workers say
         _precheck(task, model_path, trust)
     distributed = _distributed()
     if out is not None:
