@@ -213,3 +213,39 @@ def test_unsaved_edits_are_announced_before_closing(viewer, region_model, image_
     qtbot.wait(50)
     assert layer not in viewer.layers
     assert (image_path.parent / "sub-01_T2w_lesion_seg.nii.gz").exists()
+
+
+def _current_tab(viewer) -> str | None:
+    """Title of the dock in front in the tab stack of napari-spineseg's docks."""
+    from qtpy.QtWidgets import QTabBar
+
+    for bar in viewer.window._qt_window.findChildren(QTabBar):
+        titles = [bar.tabText(i) for i in range(bar.count())]
+        if any("Review and correct" in t for t in titles):
+            return titles[bar.currentIndex()]
+    return None
+
+
+def test_session_reuses_the_manifest_docks_in_one_tab_stack(
+    viewer, region_model, image_path, qtbot
+):
+    from qtpy.QtWidgets import QDockWidget
+
+    # the user opened the Segment widget from Plugins > napari-spineseg first
+    _, from_menu = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment spinal cord")
+    s = _session(viewer, image_path, region_model, start=False)
+    assert s.segment_widget is from_menu  # reused, not a second copy
+    qtbot.waitUntil(lambda: (_current_tab(viewer) or "").startswith("Segment"), timeout=2000)
+    s.segment()
+    assert s.wait(300) == "done"
+    # stacked, the long Segment form left the Review panel a sliver: tabs, Review forward
+    assert s.review_dock in viewer.window._qt_window.tabifiedDockWidgets(s.segment_dock)
+    qtbot.waitUntil(lambda: (_current_tab(viewer) or "").startswith("Review"), timeout=2000)
+    again = review(viewer, s.image_layer, task="lesion_sci_t2", model=region_model, start=False)
+    assert again.review_widget is s.review_widget
+    ours = [
+        d
+        for d in viewer.window._qt_window.findChildren(QDockWidget)
+        if "napari-spineseg" in d.windowTitle()
+    ]
+    assert len(ours) == 2

@@ -134,7 +134,8 @@ class Sparkline(QWidget):
         top = 14
         p.setPen(QColor(200, 200, 200))
         vmax = float(np.nanmax(self.values)) if n and np.isfinite(self.values).any() else 0.0
-        p.drawText(4, 11, f"CSA, max {vmax:.1f} mm²" if vmax else "CSA: no cord class")
+        if n:  # nothing at all before the first result
+            p.drawText(4, 11, f"CSA, max {vmax:.1f} mm²" if vmax else "CSA: no cord class")
         if n and vmax > 0:
             bw = w / n
             for i, v in enumerate(self.values):
@@ -329,9 +330,9 @@ class ReviewWidget(QScrollArea):
             "The poor slices at the superior or inferior end of the cord"
         )
         self.suggest_button.clicked.connect(lambda: self.suggest_slab())
-        row.addWidget(self.slab_first)
+        row.addWidget(self.slab_first, 1)
         row.addWidget(QLabel("to"))
-        row.addWidget(self.slab_last)
+        row.addWidget(self.slab_last, 1)
         row.addWidget(self.suggest_button)
         form.addRow("Slices", row)
         row = QHBoxLayout()

@@ -27,6 +27,7 @@ from magicgui.widgets import (
     create_widget,
 )
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from .. import api
 from ..errors import SpinesegError
@@ -107,6 +108,8 @@ class SegmentWidget(Container):
         )
         for w in (self.task_info, self.device_info, self.status):
             w.native.setWordWrap(True)
+            # magicgui gives labels a fixed width: a short line floated mid-panel
+            w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.task.changed.connect(self._on_task)
         self.model.changed.connect(lambda *_: self._on_task())
         self.install_button.changed.connect(lambda *_: self.install())
@@ -198,6 +201,8 @@ class SegmentWidget(Container):
     def _on_progress(self, p: Progress) -> None:
         self.progress.value = int(round(p.fraction * PROGRESS_STEPS))
         detail = f" ({p.step}/{p.total})" if p.step is not None and p.total else ""
+        if detail and f"{p.step}/{p.total}" in p.stage:  # "tile 5/36" says it already
+            detail = ""
         self.status.value = f"{self._kind}: {p.stage}{detail}"
 
     # ------------------------------------------------------------------ actions

@@ -16,10 +16,14 @@ same code as the buttons::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QTimer
 
 from ..errors import GeometryWarning, SpinesegError
 from .jobs import RunSpec
@@ -32,23 +36,35 @@ if TYPE_CHECKING:  # pragma: no cover
     from .review_widget import ReviewWidget
     from .segment_widget import SegmentWidget
 
+PLUGIN = "napari-spineseg"
+#: the widgets' display names in napari.yaml
+SEGMENT_WIDGET = "Segment spinal cord"
+REVIEW_WIDGET = "Review and correct"
+
 
 class ReviewSession:
     """One image under review in a viewer (see the module docstring)."""
 
-    def __init__(self, viewer: napari.viewer.Viewer, image_layer: Any, run: RunSpec) -> None:
-        from .review_widget import ReviewWidget
-        from .segment_widget import SegmentWidget
+    segment_widget: SegmentWidget
+    review_widget: ReviewWidget
 
+    def __init__(self, viewer: napari.viewer.Viewer, image_layer: Any, run: RunSpec) -> None:
         self.viewer = viewer
         self.image_layer = image_layer
         self.run = run
-        self.segment_widget: SegmentWidget = SegmentWidget(viewer)
-        self.review_widget: ReviewWidget = ReviewWidget(viewer)
-        viewer.window.add_dock_widget(
-            self.segment_widget, name="Segment spinal cord", area="right"
+        # through the manifest, as Plugins > napari-spineseg does: a widget already docked
+        # from the menu (or by an earlier session) is reused, never duplicated. The two
+        # docks share one tab stack: stacked, the long Segment form squeezes the Review
+        # panel to a sliver on a laptop screen; the Review tab comes forward with results.
+        self.segment_dock, self.segment_widget = viewer.window.add_plugin_dock_widget(
+            PLUGIN, SEGMENT_WIDGET
         )
-        viewer.window.add_dock_widget(self.review_widget, name="Review and correct", area="right")
+        self.review_dock, self.review_widget = viewer.window.add_plugin_dock_widget(
+            PLUGIN, REVIEW_WIDGET, tabify=True
+        )
+        # Qt builds the tab bar on a later event-loop turn: raise the Segment tab then
+        QTimer.singleShot(0, lambda: _raiser(self.segment_dock)([True]))
+        self.segment_widget.on_results.append(_raiser(self.review_dock))
         self.segment_widget.image.value = image_layer
         if run.task:
             self.segment_widget.task.value = run.task
@@ -167,6 +183,20 @@ class ReviewSession:
     def save_all(self) -> list[Path]:
         """Save every result layer beside the source (SCT names) with sidecars."""
         return self.review_widget.save_all()
+
+
+def _raiser(dock: Any):
+    """A results callback that brings ``dock`` forward (weakly held: the widget must not
+    keep a closed dock, or this session, alive)."""
+    ref = weakref.ref(dock)
+
+    def raise_dock(layers: list[Any]) -> None:
+        target = ref()
+        if layers and target is not None:
+            with contextlib.suppress(RuntimeError):  # a closed dock: its Qt object is gone
+                target.raise_()
+
+    return raise_dock
 
 
 def open_image(viewer: napari.viewer.Viewer, path: str | os.PathLike) -> Any:
