@@ -3,7 +3,7 @@
 The Review widget keeps one :class:`LayerReview` per result layer. It is the glue between
 the napari layer (its data, its undo history, its paint events) and the Qt-free logic of
 :mod:`napari_spineseg.correction`; it has no widgets, so scripts and tests use it directly
-(``session.review_state(layer)``).
+(``session.state``, ``session.select(layer)``).
 
 Every change goes through ``layer.data_setitem`` (one napari undo step each); the edit
 tracker compares the layer with the frozen model output; ``dirty`` means "changed since
