@@ -192,8 +192,8 @@ def _write_zip(root: Path, dataset: str, zpath: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=HERE.parent / "tests/data/models/totalspineseg")
-    ap.add_argument("--cases", type=int, default=6)
-    ap.add_argument("--iters", type=int, default=400)
+    ap.add_argument("--cases", type=int, default=8)
+    ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--release", default=RELEASE)
     args = ap.parse_args(argv)
     build(args.out, args.cases, args.iters, args.release)
