@@ -241,6 +241,7 @@ def test_session_reuses_the_manifest_docks_in_one_tab_stack(
     # stacked, the long Segment form left the Review panel a sliver: tabs, Review forward
     assert s.review_dock in viewer.window._qt_window.tabifiedDockWidgets(s.segment_dock)
     qtbot.waitUntil(lambda: (_current_tab(viewer) or "").startswith("Review"), timeout=2000)
+    assert s.state.layer.name == "sub-01_T2w_sc_seg"  # the run's first output, not its last
     again = review(viewer, s.image_layer, task="lesion_sci_t2", model=region_model, start=False)
     assert again.review_widget is s.review_widget
     ours = [

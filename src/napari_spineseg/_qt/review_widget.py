@@ -58,7 +58,7 @@ from qtpy.QtWidgets import (
 from ..errors import SpinesegError
 from ..progress import CancelToken, Progress
 from .jobs import RunSpec, refine_job
-from .review_state import LayerReview, is_reviewable
+from .review_state import LayerReview, is_reviewable, spineseg_meta
 from .workers import CANCELLED, start_worker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,6 +147,13 @@ class Sparkline(QWidget):
                 x = (self.current + 0.5) * bw
                 p.drawLine(int(x), top, int(x), h)
         p.end()
+
+
+def _same_run(a: Any, b: Any) -> bool:
+    """Two result layers of one Segment run (their outputs share one provenance record)."""
+    pa = (spineseg_meta(a) or {}).get("provenance")
+    pb = (spineseg_meta(b) or {}).get("provenance")
+    return pa is not None and pa is pb
 
 
 class _CloseGuard(QObject):
@@ -423,7 +430,10 @@ class ReviewWidget(QScrollArea):
             self._update_layer_combo()
             return
         if self._bind(layer) is not None:
-            self._update_layer_combo(select=layer)
+            # the outputs of one run arrive one by one: keep its first (the cord) selected
+            current = self.state
+            same_run = current is not None and _same_run(current.layer, layer)
+            self._update_layer_combo(select=None if same_run else layer)
 
     def _on_removed(self, event) -> None:
         layer = event.value
