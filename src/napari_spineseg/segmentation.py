@@ -348,6 +348,8 @@ def run(
         )
     image = _image3d(volume)
     opts: dict[str, Any] = {"return_probabilities": return_probabilities}
+    # the image given to the engine is built in memory: tell it the file's name for messages
+    opts["name"] = volume.path.name if volume.path is not None else volume.name
     if spec.backend == "totalspineseg":
         opts["label_vert"] = settings.label_vert
     if spec.backend == "ivadomed_onnx":
