@@ -319,7 +319,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_demo(args, out)
     except (Cancelled, KeyboardInterrupt):
         bar.done()
-        sys.stderr.write("spineseg: cancelled; nothing was written\n")
+        if args.command == "batch":
+            sys.stderr.write(
+                "spineseg: cancelled; masks of files that had finished are kept, "
+                "no file was half-written\n"
+            )
+        else:
+            sys.stderr.write("spineseg: cancelled; nothing was written\n")
         return EXIT_CANCELLED
     except SpinesegError as exc:
         bar.done()
