@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spineseg.errors import SaveRefusedError, SpinesegError
 from napari_spineseg.correction import autosave
 from napari_spineseg.correction.autosave import Autosaver, discard, find_recoveries, restore
+from napari_spineseg.errors import SaveRefusedError, SpinesegError
 
 SHA = "ab" * 32
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_spineseg.errors import LabelsError
 from napari_spineseg.correction.edits import EditTracker
+from napari_spineseg.errors import LabelsError
 
 
 def model_output() -> np.ndarray:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from napari_spineseg.errors import LabelsError
 from napari_spineseg.correction.qc import EdgeSlabs, edge_slices, slice_table, summary
+from napari_spineseg.errors import LabelsError
 
 SPACING = (2.0, 0.5, 0.8)  # pixel area 0.4 mm², voxel volume 0.8 mm³
 CLASSES = {1: "spinal_cord", 3: "lesion"}

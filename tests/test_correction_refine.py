@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spineseg.errors import LabelsError
 from napari_spineseg.correction.refine import merge_slab, slab_with_margin, trim_slab
 from napari_spineseg.correction.tools import apply_edit
+from napari_spineseg.errors import LabelsError
 
 
 def test_slab_with_margin_is_clipped():

@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_spineseg.errors import LabelsError
 from napari_spineseg.correction.tools import (
     apply_edit,
     fill_holes,
     interpolate_between,
     remove_small,
 )
+from napari_spineseg.errors import LabelsError
 
 
 def square(lab, k, rows, cols, value=1):
