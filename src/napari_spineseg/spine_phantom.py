@@ -42,6 +42,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from .phantom import _nifti  # same header conventions as the cord phantom
+
 #: Vertebrae from superior to inferior, with their TotalSpineSeg output value.
 VERTEBRAE: dict[str, int] = {
     "C1": 11,
@@ -277,14 +279,3 @@ def _finish(img, zooms, rng, noise, dtype):
     if dt.kind in "iu":
         out = np.clip(np.rint(out), 0, np.iinfo(dt).max)
     return out.astype(dt)
-
-
-def _nifti(data: np.ndarray, affine: np.ndarray, intent: str | None = None) -> nib.Nifti1Image:
-    img = nib.Nifti1Image(data, affine)
-    img.header.set_data_dtype(data.dtype)
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    img.header.set_xyzt_units("mm", "sec")
-    if intent:
-        img.header.set_intent(intent)
-    return img
