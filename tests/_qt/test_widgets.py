@@ -250,3 +250,33 @@ def test_session_reuses_the_manifest_docks_in_one_tab_stack(
         if "napari-spineseg" in d.windowTitle()
     ]
     assert len(ours) == 2
+
+
+def test_custom_task_runs_a_lab_model_with_its_own_classes(viewer, image_path, qtbot):
+    """Task 'custom': the lab's nnU-Net folder decides the classes and output files."""
+    from pathlib import Path
+
+    from napari_spineseg._qt.segment_widget import CUSTOM
+
+    lab_model = (
+        Path(__file__).resolve().parents[1]
+        / "data/models/custom_2d/nnUNetTrainer__nnUNetPlans__2d"
+    )
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment spinal cord")
+    widget.image.value = open_image(viewer, image_path)
+    widget.task.value = CUSTOM
+    assert not widget.install_button.enabled
+    widget.segment()  # no model folder yet: a clear message, nothing started
+    assert widget.worker is None and "model folder" in widget.status.value
+    widget.model.value = str(lab_model)
+    widget.trust.value = False
+    widget.segment()
+    assert widget.wait(300) == "error" and "trust" in widget.status.value.lower()
+    widget.trust.value = True
+    widget.segment()
+    assert widget.wait(300) == "done", widget.status.value
+    names = [ly.name for ly in widget.last_layers]
+    assert names == ["sub-01_T2w_cord_seg", "sub-01_T2w_csf_seg"]
+    cord = viewer.layers["sub-01_T2w_cord_seg"]
+    assert list(cord.features["class"]) == ["background", "cord"]
+    assert cord.data.any()

@@ -39,6 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 PROGRESS_STEPS = 1000
+#: Task-combo value for a lab's own nnU-Net model (outputs from its dataset.json).
+CUSTOM = "custom"
 
 
 def _device_summary(devices: list[str]) -> str:
@@ -58,14 +60,16 @@ class SegmentWidget(Container):
         self.image = create_widget(annotation="napari.layers.Image", label="Image")
         self.task = ComboBox(
             label="Task",
-            choices=[(f"{t.title}  [{t.id}]", t.id) for t in self._tasks.values()],
+            choices=[(f"{t.title}  [{t.id}]", t.id) for t in self._tasks.values()]
+            + [("Your own nnU-Net model (classes from its dataset.json)  [custom]", CUSTOM)],
         )
         self.task_info = Label(label="")
         self.install_button = PushButton(text="Install model")
         self.model = FileEdit(label="Custom model", mode="d", value="")
         self.model.tooltip = (
-            "Optional: an nnU-Net v2 model folder of your own; it replaces the task's model "
-            "(the task still decides the output files)"
+            "An nnU-Net v2 model folder of your own. With task 'custom' its dataset.json "
+            "decides the classes and output files (SCT's rule); with an SCT task it replaces "
+            "that task's model and the task decides the output files"
         )
         self.trust = CheckBox(text="I trust this custom model (checkpoints can run code)")
         from ..engines.base import available_devices
@@ -137,13 +141,32 @@ class SegmentWidget(Container):
         return self.worker is not None or bool(self._to_add) or bool(self._added)
 
     def _spec(self):
-        return self._tasks[self.task.value]
+        """The picked catalog task, or None for a custom model (task 'custom')."""
+        return self._tasks.get(self.task.value)
+
+    def _model_path(self) -> str | None:
+        model = str(self.model.value or "").strip()
+        return model if model not in ("", ".") else None
 
     def _on_task(self, *_: Any) -> None:
         from ..models import store
 
         spec = self._spec()
-        custom = bool(str(self.model.value or "").strip(". "))
+        if spec is None:
+            self.task_info.value = (
+                "Runs an nnU-Net v2 model folder (or zip) your lab trained: pick it under "
+                "'Custom model' and tick 'I trust' (checkpoints are pickles and can run code). "
+                "Outputs follow SCT's rule: one _<label>_seg file per dataset.json label "
+                "(labels named lvl* give one _rootlets file)."
+            )
+            self.install_button.enabled = False
+            self.install_button.text = "No install needed"
+            self.threshold.enabled = False
+            self.largest.value = False
+            self.fill_holes.value = False
+            self.remove_small.value = ""
+            return
+        custom = self._model_path() is not None
         installed = store.is_installed(spec.id)
         state = (
             "custom model given below"
@@ -168,15 +191,16 @@ class SegmentWidget(Container):
     def run_spec(self) -> RunSpec:
         """The run the widget would start now (task, model, device, options)."""
         spec = self._spec()
-        model = str(self.model.value or "").strip()
-        model = model if model not in ("", ".") else None
+        model = self._model_path()
+        if spec is None and model is None:
+            raise SpinesegError("task 'custom': choose your nnU-Net model folder first")
         return RunSpec(
-            task=spec.id,
+            task=spec.id if spec is not None else None,
             model=model,
             trust=bool(self.trust.value),
             device=str(self.device.value),
             threshold=float(self.threshold.value)
-            if spec.postprocess.threshold is not None
+            if spec is not None and spec.postprocess.threshold is not None
             else None,
             largest=bool(self.largest.value),
             fill_holes=bool(self.fill_holes.value),
@@ -196,7 +220,8 @@ class SegmentWidget(Container):
     def _installed(self) -> bool:
         from ..models import store
 
-        return store.is_installed(self._spec().id)
+        spec = self._spec()
+        return spec is None or store.is_installed(spec.id)
 
     def _on_progress(self, p: Progress) -> None:
         self.progress.value = int(round(p.fraction * PROGRESS_STEPS))
@@ -248,6 +273,8 @@ class SegmentWidget(Container):
         if self.running:
             return None
         spec = self._spec()
+        if spec is None:
+            return None  # a custom model folder is used in place
         self._cancel = CancelToken()
         self.last_error = None
         self.last_outcome = ""
