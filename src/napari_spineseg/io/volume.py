@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import GeometryWarning, NiftiError
 from . import checks
-from .geometry import DisplayGeometry
+from .geometry import OBLIQUE_TOLERANCE_VOXEL, DisplayGeometry
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def load(path: str | os.PathLike) -> Volume:
             "ANTs) open the .nii even when asked for the .nii.gz, so they may show the other one"
         )
     vox = min(geometry.scale)
-    if geometry.max_displacement_mm > checks_tolerance(vox):
+    if geometry.max_displacement_mm > OBLIQUE_TOLERANCE_VOXEL * vox:
         found.append(
             f"oblique acquisition ({geometry.obliquity_deg:.2f} degrees from the scanner axes): "
             "shown on the nearest axis-aligned grid, so napari's world coordinates are off by "
@@ -270,12 +270,6 @@ def read_nifti(path: str | os.PathLike, mmap: bool | str = False):
             img.affine  # noqa: B018 - computed while the threshold is relaxed
     img.header.quaternion_threshold = QUATERNION_THRESHOLD
     return img
-
-
-def checks_tolerance(voxel_mm: float) -> float:
-    from .geometry import OBLIQUE_TOLERANCE_VOXEL
-
-    return OBLIQUE_TOLERANCE_VOXEL * voxel_mm
 
 
 def from_nifti(img: nib.Nifti1Image, path: str | os.PathLike | None = None) -> Volume:
