@@ -156,14 +156,16 @@ def start_worker(
 ):
     """Start ``gen_func(*args, **kwargs)`` on a napari ``GeneratorWorker``.
 
-    Heartbeats (``None``) are filtered out before ``on_progress``. Errors are relayed
-    to napari's notifications by the worker itself (``on_errored`` is for the widget's
-    own status line). Returns the started worker.
+    Heartbeats (``None``) are filtered out before ``on_progress``. Errors reach the user
+    through ``on_errored`` only: napari 0.9's worker classes do not relay them to the
+    notification manager (their mixin's ``__init__`` is skipped in superqt's MRO), so the
+    widgets notify themselves (``segment_widget.notify_error``). Returns the started
+    worker.
     """
     from napari.qt.threading import create_worker
 
-    # _ignore_errors: napari relays errors to its notifications; re-raising them on the
-    # GUI thread as well would only add a traceback dialog for a user error
+    # _ignore_errors: do not re-raise worker errors on the GUI thread (a traceback dialog
+    # for a user error); on_errored reports them
     worker = create_worker(gen_func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
     if on_progress is not None:
         worker.yielded.connect(lambda p: on_progress(p) if p is not None else None)
