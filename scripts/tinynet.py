@@ -250,12 +250,10 @@ class _Setup:
         self.batch_size = int(batch_size)
 
     def plans(self, dataset_name: str, plans_name: str) -> dict:
-        conv = "Conv3d" if self.ndim == 3 else "Conv2d"
-        norm = "InstanceNorm3d" if self.ndim == 3 else "InstanceNorm2d"
+        from napari_spineseg.engines._nnunet_random import RESAMPLING, plain_unet_arch
+
         spacing = self.spacing3 if self.ndim == 3 else self.spacing3[1:]
         median = self.median_shape3 if self.ndim == 3 else self.median_shape3[1:]
-        resample = "resample_data_or_seg_to_shape"
-        n = len(self.features)
         return {
             "dataset_name": dataset_name,
             "plans_name": plans_name,
@@ -274,47 +272,10 @@ class _Setup:
                     "spacing": spacing,
                     "normalization_schemes": self.schemes,
                     "use_mask_for_norm": [False] * self.n_channels,
-                    "resampling_fn_data": resample,
-                    "resampling_fn_seg": resample,
-                    "resampling_fn_data_kwargs": {
-                        "is_seg": False,
-                        "order": 3,
-                        "order_z": 0,
-                        "force_separate_z": None,
-                    },
-                    "resampling_fn_seg_kwargs": {
-                        "is_seg": True,
-                        "order": 1,
-                        "order_z": 0,
-                        "force_separate_z": None,
-                    },
-                    "resampling_fn_probabilities": resample,
-                    "resampling_fn_probabilities_kwargs": {
-                        "is_seg": False,
-                        "order": 1,
-                        "order_z": 0,
-                        "force_separate_z": None,
-                    },
-                    "architecture": {
-                        "network_class_name": PLAIN_UNET,
-                        "arch_kwargs": {
-                            "n_stages": n,
-                            "features_per_stage": self.features,
-                            "conv_op": f"torch.nn.modules.conv.{conv}",
-                            "kernel_sizes": self.kernels,
-                            "strides": self.strides,
-                            "n_conv_per_stage": [1] * n,
-                            "n_conv_per_stage_decoder": [1] * (n - 1),
-                            "conv_bias": True,
-                            "norm_op": f"torch.nn.modules.instancenorm.{norm}",
-                            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-                            "dropout_op": None,
-                            "dropout_op_kwargs": None,
-                            "nonlin": "torch.nn.LeakyReLU",
-                            "nonlin_kwargs": {"inplace": True},
-                        },
-                        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"],
-                    },
+                    **RESAMPLING,
+                    "architecture": plain_unet_arch(
+                        self.ndim, self.features, self.kernels, self.strides, n_conv=1
+                    ),
                     "batch_dice": True,
                 }
             },

@@ -14,7 +14,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-_RESAMPLING = {
+#: The resampling functions nnU-Net's planner writes into every configuration.
+RESAMPLING = {
     "resampling_fn_data": "resample_data_or_seg_to_shape",
     "resampling_fn_data_kwargs": {
         "is_seg": False,
@@ -142,7 +143,7 @@ def write_random_model(
         "spacing": [float(s) for s in spacing],
         "normalization_schemes": norm,
         "use_mask_for_norm": [False] * len(norm),
-        **_RESAMPLING,
+        **RESAMPLING,
         "architecture": architecture,
         "batch_dice": False,
     }
