@@ -354,3 +354,24 @@ def _raw(path: Path) -> np.ndarray:
     with opener(path, "rb") as fh:
         block = fh.read(348)
     return np.frombuffer(block, dtype=nib.Nifti1Header.template_dtype)[0]
+
+
+@pytest.mark.parametrize("shape", [(12, 10, 8), (12, 10, 8, 5), (12, 10)])
+def test_image3d_gives_models_the_source_grid(tmp_path, shape):
+    """What every engine receives: 3D, file voxel order, the source's affine and codes."""
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 1000, shape).astype(np.int16)
+    affine = np.array([[0, 0, -1.5, 20], [-0.8, 0, 0, 30], [0, 2.0, 0, -40], [0, 0, 0, 1.0]])
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=2)
+    img.set_sform(affine, code=1)
+    path = tmp_path / "src.nii.gz"
+    nib.save(img, path)
+    vol = load(path)
+    out = vol.image3d()
+    spatial = shape[:3] if len(shape) >= 3 else shape + (1,)
+    assert out.shape == spatial
+    np.testing.assert_array_equal(out.affine, vol.affine)
+    assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (2, 1)
+    expected = data.astype(np.float32).mean(axis=3) if len(shape) == 4 else data.reshape(spatial)
+    np.testing.assert_allclose(np.asanyarray(out.dataobj), expected, rtol=1e-6)

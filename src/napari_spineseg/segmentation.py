@@ -346,7 +346,7 @@ def run(
             f"the input is 4D ({n} volumes): the model was run on their mean over the 4th "
             "axis (as TotalSpineSeg does); the masks are 3D on the same grid"
         )
-    image = _image3d(volume)
+    image = volume.image3d(reduce="mean")  # file voxel order, the source's affine
     opts: dict[str, Any] = {"return_probabilities": return_probabilities}
     # the image given to the engine is built in memory: tell it the file's name for messages
     opts["name"] = volume.path.name if volume.path is not None else volume.name
@@ -406,16 +406,6 @@ def run(
         source=volume,
         task=spec,
     )
-
-
-def _image3d(volume: Volume):
-    """The 3D image the engines get (file voxel order, the source's affine)."""
-    image = volume.image3d(reduce="mean")
-    if image.affine is None:  # built from a header only: engines need the affine
-        import nibabel as nib
-
-        image = nib.Nifti1Image(np.asanyarray(image.dataobj), volume.affine, header=image.header)
-    return image
 
 
 def _jsonable(obj: Any) -> Any:
