@@ -375,3 +375,27 @@ def test_image3d_gives_models_the_source_grid(tmp_path, shape):
     assert (int(out.header["qform_code"]), int(out.header["sform_code"])) == (2, 1)
     expected = data.astype(np.float32).mean(axis=3) if len(shape) == 4 else data.reshape(spatial)
     np.testing.assert_allclose(np.asanyarray(out.dataobj), expected, rtol=1e-6)
+
+
+def test_replace_like_saves_an_edited_mask_in_place_but_never_an_image(tmp_path):
+    # an image has many intensities (few integer values would read as a mask)
+    img = nib.Nifti1Image(np.arange(600, dtype=np.int16).reshape(10, 6, 10), np.eye(4))
+    img_path = tmp_path / "sub_T2w.nii.gz"
+    nib.save(img, img_path)
+    mask = np.zeros((10, 6, 10), np.uint8)
+    mask[1:3, 1:3, 1] = 1
+    mask_path = save_labels(mask, tmp_path / "sub_T2w_seg.nii.gz", like=img_path)
+    before = mask_path.read_bytes()
+
+    opened = load(mask_path)
+    edited = mask.copy()
+    edited[9, 5, 2] = 1
+    with pytest.raises(SaveRefusedError, match="source image"):
+        save_labels(edited, mask_path, like=opened)  # the default protects `like`
+    save_labels(edited, mask_path, like=opened, replace_like=True)
+    np.testing.assert_array_equal(np.asanyarray(nib.load(mask_path).dataobj), edited)
+    history = list(writer.history_folder(mask_path).iterdir())
+    assert [p.read_bytes() for p in history] == [before]
+
+    with pytest.raises(SaveRefusedError, match="source image"):
+        save_labels(edited, img_path, like=load(img_path), replace_like=True)

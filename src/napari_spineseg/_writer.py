@@ -11,10 +11,7 @@ translate (:func:`napari_spineseg.layers.find_volume_for`).
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,8 +27,10 @@ def write_labels(path: str, data: Any, meta: Mapping[str, Any]) -> list[str]:
     name = meta.get("name") or "labels"
     labels = _spatial_labels(np.asarray(data), volume, name)
     file_order = volume.geometry.to_file(labels)
-    like = _like(volume, meta, path)
-    written = save_labels(file_order, path, like=like)
+    # An edited mask opened from disk may be saved over itself (history keeps the old
+    # one); save_labels still refuses to overwrite an image.
+    role = ((meta.get("metadata") or {}).get("spineseg") or {}).get("role")
+    written = save_labels(file_order, path, like=volume, replace_like=role == "labels")
     return [str(written)]
 
 
@@ -74,25 +73,3 @@ def _spatial_labels(data: np.ndarray, volume: Volume, name: str) -> np.ndarray:
         f"{name}: labels have shape {data.shape} but the source "
         f"{volume.name} is {shape} in display order: a mask must be on its image's grid"
     )
-
-
-def _like(volume: Volume, meta: Mapping[str, Any], path: str) -> Volume:
-    """The header source; a labels file may be saved over itself (history keeps the old).
-
-    ``save_labels`` refuses to overwrite its ``like`` volume's path, which protects
-    *images*. For a mask opened from disk and edited, saving in place is the normal
-    workflow, so the path check is lifted for role "labels" only.
-    """
-    spineseg = (meta.get("metadata") or {}).get("spineseg") or {}
-    if spineseg.get("role") != "labels" or volume.path is None:
-        return volume
-    if not volume.looks_like_labels():
-        return volume  # a labels layer drawn on an image: never overwrite the image
-    try:
-        same = Path(path).expanduser().absolute().resolve() == Path(volume.path).resolve()
-        same = same or (os.path.exists(path) and os.path.samefile(path, volume.path))
-    except OSError:
-        same = False
-    if not same:
-        return volume
-    return dataclasses.replace(volume, path=None)

@@ -109,11 +109,15 @@ def save_labels(
     threshold: float | None = None,
     keep_history: bool = True,
     descrip: str | None = None,
+    replace_like: bool = False,
 ) -> Path:
     """Write ``labels`` (file voxel order) to ``path`` on the grid of ``like``.
 
-    Returns the written path. Raises :class:`LabelsError` for values that cannot be
-    stored exactly and :class:`SaveRefusedError` when writing would lose or hide data.
+    ``replace_like=True`` allows ``path`` to be ``like`` itself when ``like`` is a mask
+    (an edited mask saved in place; the history keeps the previous version). An image is
+    never overwritten, whatever the flag. Returns the written path. Raises
+    :class:`LabelsError` for values that cannot be stored exactly and
+    :class:`SaveRefusedError` when writing would lose or hide data.
     """
     source = like if isinstance(like, Volume) else load(like)
     target = Path(path).expanduser()
@@ -121,7 +125,8 @@ def save_labels(
     if not ext:
         raise SaveRefusedError(f"{target}: a mask must be saved as .nii or .nii.gz")
     target = target.absolute()
-    _refuse_source(target, source)
+    if not (replace_like and source.looks_like_labels()):
+        _refuse_source(target, source)
     _refuse_sibling(target)
 
     arr = as_label_array(labels, threshold)
