@@ -78,3 +78,17 @@ def release_server():
 
     with ReleaseServer() as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def region_model(tmp_path_factory):
+    """A real nnU-Net v2 folder (random weights) with SCIseg's labels: sc = {1, 2}, lesion = 2."""
+    from napari_spineseg.engines._nnunet_random import write_random_model
+
+    root = tmp_path_factory.mktemp("model")
+    return write_random_model(
+        root / "Dataset9_sci/nnUNetTrainer__nnUNetPlans__3d_fullres",
+        labels={"background": 0, "sc": [1, 2], "lesion": 2},
+        regions_class_order=[1, 2],
+        seed=5,
+    )

@@ -35,19 +35,6 @@ def _env(tmp_path, monkeypatch):
     segmentation.clear_engine_cache()
 
 
-@pytest.fixture(scope="module")
-def region_model(tmp_path_factory):
-    from napari_spineseg.engines._nnunet_random import write_random_model
-
-    root = tmp_path_factory.mktemp("m")
-    return write_random_model(
-        root / "Dataset9_sci/nnUNetTrainer__nnUNetPlans__3d_fullres",
-        labels={"background": 0, "sc": [1, 2], "lesion": 2},
-        regions_class_order=[1, 2],
-        seed=5,
-    )
-
-
 @pytest.fixture
 def image(tmp_path):
     img, _ = cord_phantom(shape=(48, 40, 12), zooms=(0.8, 0.8, 2.5), axcodes="PSR", seed=1)
