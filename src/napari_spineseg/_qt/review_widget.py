@@ -24,7 +24,6 @@ offered back when the same image is segmented or opened again.
 from __future__ import annotations
 
 import threading
-import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -59,7 +58,7 @@ from ..errors import SpinesegError
 from ..progress import CancelToken, Progress
 from .jobs import RunSpec, refine_job
 from .review_state import LayerReview, is_reviewable, spineseg_meta
-from .workers import CANCELLED, start_worker
+from .workers import CANCELLED, notify_error, start_worker, wait_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -879,8 +878,6 @@ class ReviewWidget(QScrollArea):
         self.last_outcome = "error"
         self.last_error = exc
         self.refine_label.setText(f"Refine failed: {exc}")
-        from .segment_widget import notify_error
-
         notify_error(exc)
 
     def _on_refine_finished(self) -> None:
@@ -923,15 +920,7 @@ class ReviewWidget(QScrollArea):
 
     def wait(self, timeout: float = 600.0) -> str:
         """Process Qt events until the refine worker ends; returns its outcome."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while self.worker is not None:
-            QApplication.processEvents()
-            if time.monotonic() > end:
-                raise TimeoutError(f"refine did not finish in {timeout} s")
-            time.sleep(0.005)
-        QApplication.processEvents()
+        wait_for(lambda: self.worker is not None, timeout, "refine")
         return self.last_outcome
 
     # ---------------------------------------------------------------- saving
@@ -990,10 +979,8 @@ class ReviewWidget(QScrollArea):
         return None
 
     def _notify(self, exc: BaseException) -> None:
-        from napari.utils import notifications
-
         self.last_error = exc
-        notifications.show_error(str(exc))
+        notify_error(exc)
 
     def _notify_info(self, text: str) -> None:
         from napari.utils.notifications import show_info

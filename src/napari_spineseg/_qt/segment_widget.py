@@ -33,7 +33,7 @@ from .. import api
 from ..errors import SpinesegError
 from ..progress import CancelToken, Progress
 from .jobs import ImageSnapshot, RunSpec, segment_job
-from .workers import CANCELLED, start_worker, steps
+from .workers import CANCELLED, notify_error, start_worker, steps, wait_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -302,15 +302,7 @@ class SegmentWidget(Container):
 
     def wait(self, timeout: float = 600.0) -> str:
         """Block (processing Qt events) until the current job ends; returns the outcome."""
-        from qtpy.QtWidgets import QApplication
-
-        end = time.monotonic() + timeout
-        while self.running:
-            QApplication.processEvents()
-            if time.monotonic() > end:
-                raise TimeoutError(f"the {self._kind.lower()} job did not finish in {timeout} s")
-            time.sleep(0.005)
-        QApplication.processEvents()
+        wait_for(lambda: self.running, timeout, f"the {self._kind.lower() or 'current'} job")
         return self.last_outcome
 
     # ------------------------------------------------------------------ results
@@ -376,13 +368,3 @@ class SegmentWidget(Container):
         self.last_outcome = "error"
         self.status.value = f"Failed: {exc}"
         notify_error(exc)
-
-
-def notify_error(exc: BaseException) -> None:
-    """A napari notification: the message alone for user errors, the traceback for bugs."""
-    from napari.utils import notifications
-
-    if isinstance(exc, SpinesegError):
-        notifications.show_error(str(exc))
-    else:
-        notifications.notification_manager.receive_error(type(exc), exc, exc.__traceback__)

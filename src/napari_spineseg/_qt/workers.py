@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Generator
 from typing import Any
 
-from ..errors import Cancelled
+from ..errors import Cancelled, SpinesegError
 from ..progress import CancelToken, Progress
 
 #: Seconds a cancelled run waits for the engine to reach a cancellation point.
@@ -159,7 +159,7 @@ def start_worker(
     Heartbeats (``None``) are filtered out before ``on_progress``. Errors reach the user
     through ``on_errored`` only: napari 0.9's worker classes do not relay them to the
     notification manager (their mixin's ``__init__`` is skipped in superqt's MRO), so the
-    widgets notify themselves (``segment_widget.notify_error``). Returns the started
+    widgets notify themselves (:func:`notify_error`). Returns the started
     worker.
     """
     from napari.qt.threading import create_worker
@@ -216,3 +216,29 @@ class StallMeter:
     @property
     def longest_ms(self) -> float:
         return max(self.gaps_ms, default=0.0)
+
+
+def wait_for(busy: Callable[[], bool], timeout: float, what: str) -> None:
+    """Process Qt events until ``busy()`` is false (scripts and tests wait for a job).
+
+    Raises ``TimeoutError`` naming ``what`` after ``timeout`` seconds.
+    """
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while busy():
+        QApplication.processEvents()
+        if time.monotonic() > end:
+            raise TimeoutError(f"{what} did not finish in {timeout} s")
+        time.sleep(0.005)
+    QApplication.processEvents()
+
+
+def notify_error(exc: BaseException) -> None:
+    """A napari notification: the message alone for user errors, the traceback for bugs."""
+    from napari.utils import notifications
+
+    if isinstance(exc, SpinesegError):
+        notifications.show_error(str(exc))
+    else:
+        notifications.notification_manager.receive_error(type(exc), exc, exc.__traceback__)
