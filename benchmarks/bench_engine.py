@@ -32,30 +32,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from _memory import hwm_mb, reset_peak, rss_mb  # benchmarks/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------- workers
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _hwm_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def _phantom(shape, zooms, seed=1):
@@ -141,12 +123,12 @@ def worker(job: dict) -> dict:
     if kind == "memory":
         run = _runner(job["variant"], folder, img, job.get("tta", False))
         torch.set_num_threads(threads)
-        before = _rss_mb()
-        ok = _reset_peak()
+        before = rss_mb()
+        ok = reset_peak()
         t = time.perf_counter()
         run()
         dt = time.perf_counter() - t
-        return {"delta_mb": _hwm_mb() - before, "peak_mb": _hwm_mb(), "time_s": dt, "hwm": ok}
+        return {"delta_mb": hwm_mb() - before, "peak_mb": hwm_mb(), "time_s": dt, "hwm": ok}
     if kind == "time-pair":
         runs = {v: _runner(v, folder, img, job.get("tta", False)) for v in ("bare", "engine")}
         torch.set_num_threads(threads)
