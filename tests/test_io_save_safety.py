@@ -24,7 +24,7 @@ from napari_spineseg.errors import (
     SaveRefusedError,
     SpinesegError,
 )
-from napari_spineseg.io import load, save_labels, writer
+from napari_spineseg.io import atomic, load, save_labels, writer
 
 
 def _load(path: Path):
@@ -150,7 +150,10 @@ def test_failure_during_verification_leaves_everything_unchanged(source, monkeyp
 
 
 def test_failure_halfway_through_the_write(source, monkeypatch):
-    """C2: the disk fills after half the bytes: target untouched, temp file removed."""
+    """C2: the disk fills after half the bytes: target untouched, temp file removed.
+
+    (A real full disk is in test_save_filesystems.py; this runs wherever mount is denied.)
+    """
     target = source.path.parent / "seg.nii.gz"
     save_labels(_mask(0), target, like=source)
     before = _folder_state(source.path.parent)
@@ -173,15 +176,14 @@ def test_failure_halfway_through_the_write(source, monkeypatch):
         def __exit__(self, *exc):
             self.fh.close()
 
-    def half_open(path, mode="r", *args, **kwargs):
-        fh = real_open(path, mode, *args, **kwargs)
-        tmp = "spineseg-tmp" in str(path) and ("w" in mode or "x" in mode)
-        return HalfFile(fh) if tmp else fh
+    def half_open(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        return HalfFile(fh) if "w" in mode else fh
 
-    monkeypatch.setattr(writer, "open", half_open, raising=False)
+    monkeypatch.setattr(atomic, "open", half_open, raising=False)
     with pytest.raises(SaveRefusedError, match="No space left") as info:
         save_labels(_mask(1), target, like=source)
-    assert "nothing was written" in str(info.value)
+    assert "nothing was written" in str(info.value) and "free some space" in str(info.value)
     assert _folder_state(source.path.parent) == before
     assert _temp_files(source.path.parent) == []
 
@@ -196,30 +198,39 @@ def test_not_enough_free_space_is_refused_before_writing(source, monkeypatch):
     assert _folder_state(source.path.parent) == before
 
 
-def test_read_only_folder(tmp_path, monkeypatch):
-    """C5: clear error naming the folder, target untouched, no temp file."""
+@pytest.mark.parametrize(
+    ("code", "fix"),
+    [
+        (errno.EACCES, "ask for write access"),
+        (errno.EROFS, "read-only file system: save to another folder"),
+        (errno.ENOSPC, "disk is full"),
+    ],
+    ids=["permission", "read-only", "full"],
+)
+def test_folder_refusing_files(tmp_path, monkeypatch, code, fix):
+    """C5: the kernel's refusal (root ignores chmod, so it is injected at os.open) becomes a
+    SaveRefusedError naming the folder and the fix; target untouched, nothing left.
+    A real read-only mount is in test_save_filesystems.py."""
     folder = tmp_path / "ro"
     folder.mkdir()
     src = _load(fx.write_image(folder / "t2.nii.gz", fx.phantom()))
     target = folder / "t2_seg.nii.gz"
     save_labels(_mask(0), target, like=src)
     before = _folder_state(folder)
-    folder.chmod(0o555)
-    try:
-        if os.geteuid() == 0:  # root ignores permissions: make the kernel's answer explicit
-            real_open = open
+    real_open = os.open
 
-            def denied(path, mode="r", *args, **kwargs):
-                if "x" in mode or "w" in mode:
-                    raise PermissionError(errno.EACCES, "Permission denied", str(path))
-                return real_open(path, mode, *args, **kwargs)
+    def refusing(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, flags, *args, **kwargs)
 
-            monkeypatch.setattr(writer, "open", denied, raising=False)
-        with pytest.raises(SaveRefusedError, match="Permission denied") as info:
-            save_labels(_mask(1), target, like=src)
-        assert str(folder) in str(info.value) and "nothing was written" in str(info.value)
-    finally:
-        folder.chmod(0o755)
+    monkeypatch.setattr(os, "open", refusing)
+    with pytest.raises(SaveRefusedError, match=os.strerror(code)) as info:
+        save_labels(_mask(1), target, like=src)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert str(target) in message and str(folder) in message and fix in message
+    assert "nothing was written" in message
     assert _folder_state(folder) == before
     assert _temp_files(folder) == []
 

@@ -6,16 +6,21 @@ SCT writes ``<mask>.json`` = ``{"GeneratedBy": [{"Name": "spinalcordtoolbox: sct
 after a correction. We write the same structure (``Name`` "napari-spineseg", plus the task,
 the model's SHA-256 and the settings) so those tools keep working, and the review widget
 appends its correction record with :func:`append_generated_by`.
+
+A sidecar is replaced atomically under the same per-file lock as masks
+(:mod:`napari_spineseg.io.atomic`), so an append from two processes keeps both entries,
+and it gets its mask's permission bits: colleagues who can read a mask in a shared
+folder can read its record too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from .io import atomic
 from .io.checks import split_nifti_name
 
 
@@ -36,18 +41,20 @@ def read(nifti_path: str | os.PathLike) -> dict[str, Any]:
 
 
 def write(nifti_path: str | os.PathLike, data: dict[str, Any]) -> Path:
-    """Write the sidecar atomically (temporary file + ``os.replace``)."""
-    target = sidecar_path(nifti_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=4, ensure_ascii=False)
-            fh.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    """Write the sidecar of ``nifti_path`` atomically, with the mask's permission bits.
+
+    Raises :class:`~napari_spineseg.errors.SaveRefusedError` naming the sidecar when the
+    folder refuses it (read-only, full, name too long).
+    """
+    target = sidecar_path(nifti_path).absolute()
+    atomic.check_target(target)
+    with atomic.target_lock(target):
+        return _write_locked(nifti_path, target, data)
+
+
+def _write_locked(nifti_path: str | os.PathLike, target: Path, data: dict[str, Any]) -> Path:
+    payload = (json.dumps(data, indent=4, ensure_ascii=False) + "\n").encode("utf-8")
+    return atomic.replace_locked(target, payload, atomic.permission_bits(Path(nifti_path)))
 
 
 def generated_by(provenance: dict[str, Any], output: str | None = None) -> dict[str, Any]:
@@ -77,11 +84,17 @@ def write_generated_by(nifti_path: str | os.PathLike, entry: dict[str, Any]) -> 
 
 
 def append_generated_by(nifti_path: str | os.PathLike, entry: dict[str, Any]) -> Path:
-    """Append an entry (e.g. a manual correction) to a mask's sidecar, keeping the rest."""
-    data = read(nifti_path)
-    items = data.get("GeneratedBy")
-    if not isinstance(items, list):
-        items = []
-    items.append(entry)
-    data["GeneratedBy"] = items
-    return write(nifti_path, data)
+    """Append an entry (e.g. a manual correction) to a mask's sidecar, keeping the rest.
+
+    Read and rewrite happen under the sidecar's lock: concurrent appends all survive.
+    """
+    target = sidecar_path(nifti_path).absolute()
+    atomic.check_target(target)
+    with atomic.target_lock(target):
+        data = read(nifti_path)
+        items = data.get("GeneratedBy")
+        if not isinstance(items, list):
+            items = []
+        items.append(entry)
+        data["GeneratedBy"] = items
+        return _write_locked(nifti_path, target, data)

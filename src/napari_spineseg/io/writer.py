@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
-import uuid
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from ..errors import LabelsError, SaveRefusedError, SpinesegError
+from . import atomic
 from .checks import split_nifti_name
 from .volume import QUATERNION_THRESHOLD, Volume, load, read_nifti
 
@@ -50,6 +52,12 @@ GEOMETRY_FIELDS = (
 HISTORY_DIR = ".spineseg-history"
 HISTORY_KEEP = 10
 NIFTI_INTENT_LABEL = 1002
+#: A kept version: ``<UTC time>_<first 8 hex of its SHA-256><ext>``.
+_VERSION_NAME = re.compile(r"\d{8}T\d{12}Z_[0-9a-f]{8}\.nii(?:\.gz)?", re.IGNORECASE)
+_CORRUPTION_FIX = (
+    "The disk or network share may be corrupting data: save to another disk, and keep "
+    "your edits open meanwhile"
+)
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:
@@ -158,33 +166,64 @@ def save_labels(
     folder = target.parent
     if not folder.is_dir():
         raise SaveRefusedError(f"{target}: folder {folder} does not exist")
-    free = shutil.disk_usage(folder).free
+    atomic.check_target(target)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise atomic.refusal(exc, target) from None
     if free < 2 * len(payload) + (1 << 20):
         raise SaveRefusedError(
             f"{target}: not enough free space in {folder} ({free} bytes free, "
             f"{len(payload)} needed); nothing was written, your edits are still in memory"
         )
-    tmp = folder / f".{Path(base).name}.spineseg-tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}"
+    with atomic.target_lock(target):
+        _replace_verified(target, payload, arr, source, keep_history)
+    return target
+
+
+def _replace_verified(
+    target: Path, payload: bytes, arr: np.ndarray, source: Volume, keep_history: bool
+) -> None:
+    """Write, verify, archive the previous version, swap in: the caller holds the lock.
+
+    The order is what makes a kill at any moment harmless: the target is only ever
+    replaced by a verified complete file, and only after the version it held is safely
+    in the history; whatever a kill leaves (a temporary, an unpruned version) is
+    removed by the next save.
+    """
+    folder = target.parent
+    history = history_folder(target)
+    atomic.remove_stale_temps(target)
+    atomic.remove_stale_temps(target, history)
+    tmp = atomic.temp_path(target)
     try:
         try:
-            with open(tmp, "xb") as fh:
-                fh.write(payload)
-                fh.flush()
-                os.fsync(fh.fileno())
+            # A replaced mask keeps its permission bits (e.g. group-writable in a lab share).
+            atomic.write_new(tmp, payload, atomic.permission_bits(target))
         except OSError as exc:
-            raise SaveRefusedError(
-                f"{target}: cannot write in {folder} ({exc.strerror or exc}); nothing was "
-                "written, your edits are still in memory"
-            ) from None
-        _verify(tmp, arr, source)
+            raise atomic.refusal(exc, target) from None
+        _verify(tmp, arr, source, target)
         if keep_history and target.exists():
-            _archive(target)
-        os.replace(tmp, target)
-        _fsync_dir(folder)
+            _archive(target, hashlib.sha256(payload).hexdigest())
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise atomic.refusal(exc, target, "replace") from None
+        atomic.fsync_dir(folder)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    return target
+        atomic.discard(tmp)
+    if keep_history:
+        _prune(history)
+
+
+def _same_bits(a, b) -> bool:
+    """Equal bit patterns, whatever the byte order: NaN == NaN here, unlike ``==``."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype.newbyteorder("=") != b.dtype.newbyteorder("=") or a.shape != b.shape:
+        return False
+    a = a if a.dtype.isnative else a.byteswap().view(a.dtype.newbyteorder())
+    b = b if b.dtype.isnative else b.byteswap().view(b.dtype.newbyteorder())
+    return a.tobytes() == b.tobytes()
 
 
 def _mask_image(arr: np.ndarray, source: Volume, descrip: str | None):
@@ -207,33 +246,41 @@ def _mask_image(arr: np.ndarray, source: Volume, descrip: str | None):
     img = cls(arr, None, header=hdr)
     # nibabel leaves q/s-forms alone when affine is None; assert it did.
     for name in GEOMETRY_FIELDS:
-        if not np.array_equal(img.header[name], src_hdr[name]):
+        if not _same_bits(img.header[name], src_hdr[name]):
             raise SpinesegError(f"internal error: header field {name} changed while saving")
     return img
 
 
-def _verify(tmp: Path, arr: np.ndarray, source: Volume) -> None:
-    """Re-read the temporary file and compare data and geometry before it replaces anything."""
+def _verify(tmp: Path, arr: np.ndarray, source: Volume, target: Path) -> None:
+    """Re-read the temporary file and compare data and geometry before it replaces anything.
+
+    Header fields are compared bit for bit: a NaN pixdim or quaternion that the source
+    holds must be copied as is, and NaN != NaN would refuse every such mask.
+    """
     try:
         back = read_nifti(tmp, mmap=False)
         data = np.asanyarray(back.dataobj)
-    except Exception as exc:
-        raise SpinesegError(f"{tmp}: verification read failed ({exc}); nothing replaced") from None
+        slope, inter = back.dataobj.slope, back.dataobj.inter
+    except Exception as exc:  # nibabel/zlib raise many types for a corrupt file
+        raise SaveRefusedError(
+            f"{target}: the written file could not be read back ({type(exc).__name__}: "
+            f"{exc}); nothing was replaced. {_CORRUPTION_FIX}"
+        ) from None
     problems = []
     if data.shape != arr.shape or data.dtype != arr.dtype or not np.array_equal(data, arr):
         problems.append("voxel values")
     for name in GEOMETRY_FIELDS:
-        if not np.array_equal(back.header[name], source.header[name]):
+        if not _same_bits(back.header[name], source.header[name]):
             problems.append(name)
     n = min(len(arr.shape), 3)
-    if not np.array_equal(back.header["pixdim"][: n + 1], source.header["pixdim"][: n + 1]):
+    if not _same_bits(back.header["pixdim"][: n + 1], source.header["pixdim"][: n + 1]):
         problems.append("pixdim")
-    slope, inter = back.dataobj.slope, back.dataobj.inter
     if slope != 1 or inter != 0:
         problems.append("scaling")
     if problems:
-        raise SpinesegError(
-            f"saved mask failed verification ({', '.join(problems)}); nothing was replaced"
+        raise SaveRefusedError(
+            f"{target}: the written file failed verification ({', '.join(problems)}); "
+            f"nothing was replaced. {_CORRUPTION_FIX}"
         )
 
 
@@ -265,30 +312,81 @@ def _refuse_sibling(target: Path) -> None:
 
 
 def history_folder(target: Path) -> Path:
+    """Where the versions ``target`` replaced are kept (one folder per mask name)."""
     base, _ = split_nifti_name(target.name)
     return target.parent / HISTORY_DIR / base
 
 
-def _archive(target: Path) -> Path:
-    """Copy the mask about to be replaced into the history folder (keep the last N)."""
+def history_versions(target: Path) -> list[Path]:
+    """The kept versions of ``target``, oldest first (temporaries are never versions)."""
+    return _versions(history_folder(target))
+
+
+def _versions(folder: Path) -> list[Path]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [folder / n for n in sorted(names) if _VERSION_NAME.fullmatch(n)]
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _archive(target: Path, new_digest: str) -> Path | None:
+    """Keep the version ``target`` holds before it is replaced; None when already kept.
+
+    Skipped when the new file has the same bytes (nothing is replaced) or the newest
+    kept version has them (Save, Save all and save-on-close in a row keep one copy).
+    Atomic: a hard link (no copy, no space needed) or, where links are not possible, a
+    copy to a temporary renamed into place, so a kill or a full disk never leaves a
+    truncated file among the versions.
+    """
+    digest = _sha256(target)
+    if digest == new_digest:
+        return None
     folder = history_folder(target)
-    folder.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(target.read_bytes()).hexdigest()[:8]
-    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+    kept = _versions(folder)
+    if kept and kept[-1].name.split("_")[1].startswith(digest[:8]) and _sha256(kept[-1]) == digest:
+        return None
     _, ext = split_nifti_name(target)
-    dest = folder / f"{stamp}_{digest}{ext}"
-    shutil.copy2(target, dest)  # a copy: the target stays in place until os.replace
-    versions = sorted(p for p in folder.iterdir() if p.is_file())
-    for old in versions[:-HISTORY_KEEP]:
-        with contextlib.suppress(OSError):
-            old.unlink()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            dest = folder / f"{stamp}_{digest[:8]}{ext}"
+            if not dest.exists():
+                break
+        _link_or_copy(target, dest)
+        atomic.fsync_dir(folder)
+    except OSError as exc:
+        raise atomic.refusal(exc, target, "archive", folder) from None
     return dest
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
+def _link_or_copy(target: Path, dest: Path) -> None:
+    if not target.is_symlink():  # a link to a symlink's file would share a live inode
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            os.link(target, dest)
+            return
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise
+            # EXDEV, EPERM (FAT, SMB, protected_hardlinks), EMLINK...: copy instead
+    tmp = atomic.temp_path(target, dest.parent)
+    try:
+        with open(target, "rb") as src:
+            atomic.write_new(tmp, src.read(), atomic.permission_bits(target))
+        shutil.copystat(target, tmp)
+        os.replace(tmp, dest)
+    finally:
+        atomic.discard(tmp)
+
+
+def _prune(folder: Path) -> None:
+    """Keep the newest :data:`HISTORY_KEEP` versions (best effort: a failure loses nothing)."""
+    for old in _versions(folder)[:-HISTORY_KEEP]:
+        with contextlib.suppress(OSError):
+            old.unlink()
