@@ -247,10 +247,12 @@ TSS = np.array([0, 1, 2, 11, 12, 50, 63, 64, 100], dtype=np.int64)  # TotalSpine
         (list(range(9)), np.uint8, 2),  # rootlets
         (list(TSS), np.uint8, 2),
         ([0, 200, 224], np.uint8, 2),  # TotalSpineSeg step-1 range
+        ([0, 255], np.uint8, 2),  # the uint8 bound itself
+        ([0, 256], np.int16, 4),
         ([0, 1, 300], np.int16, 4),
         ([0, 32767], np.int16, 4),
     ],
-    ids=["binary", "rootlets", "totalspineseg", "tss-200", "300", "32767"],
+    ids=["binary", "rootlets", "totalspineseg", "tss-200", "255", "256", "300", "32767"],
 )
 @pytest.mark.parametrize("in_dtype", [np.int64, np.int32, np.uint16])
 def test_label_dtype_policy(source, values, dtype, code, in_dtype):
@@ -271,18 +273,34 @@ def test_label_dtype_policy(source, values, dtype, code, in_dtype):
     ("labels", "match"),
     [
         (np.full(fx.PHANTOM_SHAPE, 40000, np.int32), "does not fit in int16"),
+        (np.resize(np.array([0, 32768], np.int32), fx.PHANTOM_SHAPE), "value 32768 does not fit"),
         (np.full(fx.PHANTOM_SHAPE, -1, np.int16), ">= 0"),
         (np.zeros(fx.PHANTOM_SHAPE, np.float64), "floating-point mask"),
         (np.zeros(fx.PHANTOM_SHAPE, np.float32), "floating-point mask"),
         (np.zeros(fx.PHANTOM_SHAPE, bool), "boolean mask"),
     ],
-    ids=["40000", "negative", "float64", "float32", "bool"],
+    ids=["40000", "32768", "negative", "float64", "float32", "bool"],
 )
 def test_labels_that_cannot_be_stored_exactly_are_refused(source, labels, match):
     target = source.path.parent / "labels.nii.gz"
     with pytest.raises(LabelsError, match=match):
         save_labels(labels, target, like=source)
     assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("high", "dtype"),
+    [(0, np.uint8), (254, np.uint8), (255, np.uint8), (256, np.int16), (32767, np.int16)],
+)
+def test_label_dtype_bounds(high, dtype):
+    """Exactly at each bound: a mutant moving ``<=`` to ``<`` fails here."""
+    assert writer.label_dtype(np.array([0, high], np.int64)) == np.dtype(dtype)
+
+
+@pytest.mark.parametrize("value", [32768, 65535, -1])
+def test_label_dtype_refuses_beyond_int16(value):
+    with pytest.raises(LabelsError, match=f"{value}"):
+        writer.label_dtype(np.array([0, value], np.int64))
 
 
 def test_threshold_binarises_float_and_bool(source):
