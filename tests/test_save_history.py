@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import nifti_factory as fx
+from napari_spineseg import sidecar
 from napari_spineseg.errors import GeometryWarning, SaveRefusedError
 from napari_spineseg.io import atomic, from_nifti, load, save_labels, writer
 from napari_spineseg.io.volume import read_nifti
@@ -196,9 +197,23 @@ def test_a_legal_241_character_name_saves_and_keeps_history(source):
     assert not stale.exists() and _debris(folder) == []
 
 
-def test_a_name_the_file_system_cannot_hold_is_refused(source):
+def test_the_longest_legal_name_saves(source):
+    """255 bytes: its .nii.gz sibling (258) cannot even be looked up; its sidecar cannot
+    exist, which the sidecar writer says."""
     folder = source.path.parent
-    target = folder / ("s" * 249 + ".nii.gz")  # 256 bytes
+    target = folder / ("s" * 251 + ".nii")
+    save_labels(_mask(0), target, like=source)
+    save_labels(_mask(1), target, like=source)
+    assert len(writer.history_versions(target)) == 1 and _debris(folder) == []
+    with pytest.raises(SaveRefusedError, match="256 bytes long") as info:
+        sidecar.write(target, {})
+    assert "Choose a shorter name" in str(info.value)
+
+
+@pytest.mark.parametrize("ext", [".nii", ".nii.gz"])
+def test_a_name_the_file_system_cannot_hold_is_refused(source, ext):
+    folder = source.path.parent
+    target = folder / ("s" * (256 - len(ext)) + ext)
     with pytest.raises(SaveRefusedError, match="256 bytes long but this file system allows"):
         save_labels(_mask(0), target, like=source)
     assert _everything(folder) == ["t2.nii.gz"]

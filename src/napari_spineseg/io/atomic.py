@@ -232,7 +232,8 @@ def write_new(path: Path, payload: bytes, mode: int | None = None) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
     with open(fd, "wb") as fh:
         if mode is not None and hasattr(os, "fchmod"):
-            os.fchmod(fd, mode)
+            with contextlib.suppress(OSError):  # best effort: some shares refuse chmod
+                os.fchmod(fd, mode)
         fh.write(payload)
         fh.flush()
         os.fsync(fd)

@@ -7,9 +7,11 @@ transform (FSL: sform, ITK: either), it picks the same one for image and mask.
 
 Saving never destroys anything: the source image path is refused, a ``.nii``/``.nii.gz``
 sibling (which ITK would open instead) is refused, the data go to a temporary file in the
-target folder that is re-read and verified before an atomic ``os.replace`` (safe even
-when the old mask is memory-mapped), and a replaced mask is kept under
-``.spineseg-history/``.
+target folder that is re-read and verified (bit for bit) before an atomic ``os.replace``
+(safe even when the old mask is memory-mapped), and a replaced mask is kept under
+``.spineseg-history/`` (atomically, once per distinct version). A save holds the
+target's lock from start to end, so concurrent saves queue instead of losing a version,
+and removes what killed saves left (see :mod:`napari_spineseg.io.atomic`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ HISTORY_DIR = ".spineseg-history"
 HISTORY_KEEP = 10
 NIFTI_INTENT_LABEL = 1002
 #: A kept version: ``<UTC time>_<first 8 hex of its SHA-256><ext>``.
-_VERSION_NAME = re.compile(r"\d{8}T\d{12}Z_[0-9a-f]{8}\.nii(?:\.gz)?", re.IGNORECASE)
+_VERSION_NAME = re.compile(r"\d{8}T\d{12}Z_(?P<digest>[0-9a-f]{8})\.nii(?:\.gz)?", re.IGNORECASE)
 _CORRUPTION_FIX = (
     "The disk or network share may be corrupting data: save to another disk, and keep "
     "your edits open meanwhile"
@@ -133,6 +135,7 @@ def save_labels(
     if not ext:
         raise SaveRefusedError(f"{target}: a mask must be saved as .nii or .nii.gz")
     target = target.absolute()
+    atomic.check_target(target)  # first: a name too long makes every later check fail
     if not (replace_like and source.looks_like_labels()):
         _refuse_source(target, source)
     _refuse_sibling(target)
@@ -166,7 +169,6 @@ def save_labels(
     folder = target.parent
     if not folder.is_dir():
         raise SaveRefusedError(f"{target}: folder {folder} does not exist")
-    atomic.check_target(target)
     try:
         free = shutil.disk_usage(folder).free
     except OSError as exc:
@@ -303,7 +305,11 @@ def _refuse_source(target: Path, source: Volume) -> None:
 def _refuse_sibling(target: Path) -> None:
     base, ext = split_nifti_name(target)
     other = base + (".nii" if ext.lower() == ".nii.gz" else ".nii.gz")
-    if Path(other).exists():
+    try:
+        exists = Path(other).exists()
+    except OSError:  # e.g. a name too long to exist on this file system
+        exists = False
+    if exists:
         raise SaveRefusedError(
             f"{other} exists next to {target.name}: ITK-based tools (ITK-SNAP, Slicer, ANTs) "
             "open the .nii even when asked for the .nii.gz, so they would show the stale "
@@ -330,6 +336,11 @@ def _versions(folder: Path) -> list[Path]:
     return [folder / n for n in sorted(names) if _VERSION_NAME.fullmatch(n)]
 
 
+def _kept_digest(version: Path) -> str:
+    """The SHA-256 prefix a kept version's name records."""
+    return _VERSION_NAME.fullmatch(version.name)["digest"]
+
+
 def _sha256(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -344,15 +355,15 @@ def _archive(target: Path, new_digest: str) -> Path | None:
     copy to a temporary renamed into place, so a kill or a full disk never leaves a
     truncated file among the versions.
     """
-    digest = _sha256(target)
-    if digest == new_digest:
-        return None
     folder = history_folder(target)
-    kept = _versions(folder)
-    if kept and kept[-1].name.split("_")[1].startswith(digest[:8]) and _sha256(kept[-1]) == digest:
-        return None
     _, ext = split_nifti_name(target)
     try:
+        digest = _sha256(target)
+        if digest == new_digest:
+            return None
+        kept = _versions(folder)
+        if kept and _kept_digest(kept[-1]) == digest[:8] and _sha256(kept[-1]) == digest:
+            return None
         folder.mkdir(parents=True, exist_ok=True)
         while True:
             stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
