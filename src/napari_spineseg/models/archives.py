@@ -64,7 +64,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _gb(n: float) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def member_problem(info: zipfile.ZipInfo) -> str | None:
@@ -348,7 +348,7 @@ def layout_problems(root: str | Path, backend: str, n_sources: int = 1) -> list[
             "(dataset.json, plans.json and fold_N/checkpoint_*.pth)"
         )
     for folder in folders:
-        problems += nnunet_folder_problems(folder)
+        problems += nnunet_folder_problems(folder, root)
         for ck in nnunet_checkpoints(folder):
             p = check_checkpoint(ck)
             if p:

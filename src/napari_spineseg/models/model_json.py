@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import zipfile
 from collections.abc import Mapping
@@ -71,10 +72,25 @@ def _depth(obj: Any) -> int:
     return deepest
 
 
+def _read_capped(f) -> bytes:
+    """At most MAX_JSON_BYTES + 1 bytes, in small reads (a decompressor inflates each read)."""
+    chunks, n = [], 0
+    while n <= MAX_JSON_BYTES and (chunk := f.read(1 << 16)):
+        chunks.append(chunk)
+        n += len(chunk)
+    return b"".join(chunks)
+
+
+def _too_big(size: int) -> str:
+    return (
+        f"is {size:,} bytes, more than the {MAX_JSON_BYTES >> 20} MB a model description can have"
+    )
+
+
 def parse_json_object(data: bytes) -> dict:
     """Parse bytes that must hold a JSON object; raises ``_Refused`` with the reason."""
     if len(data) > MAX_JSON_BYTES:
-        raise _Refused(f"is larger than {MAX_JSON_BYTES >> 20} MB (not a model description)")
+        raise _Refused(_too_big(len(data)))
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -103,7 +119,11 @@ def read_json_file(path: str | Path, *, fix: str) -> dict:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_JSON_BYTES + 1)  # never more, whatever stat() says
+            if os.fstat(f.fileno()).st_size > MAX_JSON_BYTES:
+                raise _refusal(str(path), _too_big(os.fstat(f.fileno()).st_size), fix)
+            data = _read_capped(f)  # never more than the cap, whatever stat() said
+    except ModelNotInstalledError:
+        raise
     except OSError as exc:
         raise _refusal(str(path), f"cannot be read ({exc.strerror or exc})", fix) from exc
     try:
@@ -121,15 +141,12 @@ def read_json_member(
     where = f"{archive}: {info.filename}"
     problem = member_problem(info)
     if problem is None and info.file_size > MAX_JSON_BYTES:
-        problem = (
-            f"declares {info.file_size:,} bytes, more than the {MAX_JSON_BYTES >> 20} MB a "
-            "model description can have"
-        )
+        problem = _too_big(info.file_size)
     if problem:
         raise _refusal(where, problem, fix)
     try:
         with zf.open(info) as f:
-            data = f.read(MAX_JSON_BYTES + 1)
+            data = _read_capped(f)
         return parse_json_object(data)
     except _Refused as exc:
         raise _refusal(where, str(exc), fix) from None
@@ -372,15 +389,21 @@ def check_plans(plans: dict, where: str, *, fix: str, configuration: str | None 
     return plans
 
 
-def nnunet_folder_problems(folder: str | Path) -> list[str]:
-    """Problems of an nnU-Net folder's dataset.json and plans.json (read capped, checked)."""
+def nnunet_folder_problems(folder: str | Path, root: str | Path | None = None) -> list[str]:
+    """Problems of an nnU-Net folder's dataset.json and plans.json (read capped, checked).
+
+    File names are given relative to ``root`` when given (an install's staging folder is
+    temporary: the user knows the archive, and its inner path).
+    """
     folder = Path(folder)
     problems = []
     for name, check in (("dataset.json", dataset_problems), ("plans.json", plans_problems)):
+        path = folder / name
+        shown = str(path.relative_to(root)) if root is not None else str(path)
         try:
-            data = read_json_file(folder / name, fix="")
+            data = read_json_file(path, fix="")
         except ModelNotInstalledError as exc:
-            problems.append(str(exc).rstrip("; "))
+            problems.append(shown + str(exc)[len(str(path)) :].rstrip("; "))
             continue
-        problems += [f"{folder / name} {p}" for p in check(data)]
+        problems += [f"{shown} {p}" for p in check(data)]
     return problems

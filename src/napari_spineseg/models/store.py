@@ -312,8 +312,9 @@ def install(
                 safe_extract(arc.path, staged)
         problems = layout_problems(staged, spec.backend, max(len(archives), 1))
         if problems:
+            shown = [a.url if a.path.is_relative_to(tmp) else str(a.path) for a in archives]
             raise ModelNotInstalledError(
-                f"{', '.join(a.filename for a in archives)} does not contain a usable "
+                f"{', '.join(shown)} does not contain a usable "
                 f"{spec.backend} model for task '{spec.id}': {'; '.join(problems)}"
             )
         _write_source(staged, spec, archives, trusted=trust)
