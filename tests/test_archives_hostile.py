@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import tracemalloc
@@ -395,3 +396,34 @@ def test_custom_model_names_stay_inside_the_store(models, tmp_path):
 
 def test_refusals_are_spineseg_errors():
     assert issubclass(ModelNotInstalledError, SpinesegError)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"patch_size": [4096, 4096]}, r"patch_size \[4096, 4096\] \(16,777,216 voxels"),
+        ({"patch_size": [-48, 48]}, r"patch_size \[-48, 48\]"),
+        ({"spacing": [0, 0.8]}, r"spacing \[0, 0.8\] has 0 mm"),
+        ({"spacing": [1e-9, 0.8]}, r"spacing \[1e-09, 0.8\] has 1e-09 mm"),
+        ({"spacing": [None, 0.8]}, r"spacing \[null, 0.8\] is not a list of numbers"),
+    ],
+)
+def test_engine_refuses_absurd_plans_before_loading_anything(tmp_path, monkeypatch, change, match):
+    """The engine checks plans.json before a checkpoint is read or a network is built."""
+    from napari_spineseg.engines import nnunet
+
+    here = (
+        Path(__file__).parent / "data" / "models" / "custom_2d" / "nnUNetTrainer__nnUNetPlans__2d"
+    )
+    folder = tmp_path / here.name
+    shutil.copytree(here, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["configurations"]["2d"].update(change)
+    (folder / "plans.json").write_text(json.dumps(plans))
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a checkpoint was loaded before plans.json was checked")
+
+    monkeypatch.setattr(nnunet, "_load_checkpoint", no_loading)
+    with pytest.raises(ModelNotInstalledError, match=f"plans.json configuration '2d': {match}"):
+        nnunet.NnunetModel.load(folder, device="cpu")
