@@ -5,7 +5,8 @@ exercise that path (download, redirect, checksum, unpack, layout detection) for 
 catalog's *own* URLs without the network. This server answers the same URL paths as
 github.com, and answers them as GitHub does: ``/<owner>/<repo>/releases/download/...`` and
 ``/<owner>/<repo>/archive/refs/tags/...`` redirect (302) to an asset URL on another host
-(``objects.githubusercontent.com``), which serves the bytes. Anything else is a 404.
+(``objects.githubusercontent.com``; the same server's asset path for a client that is not
+routed), which serves the bytes. Anything else is a 404.
 
 :meth:`ReleaseServer.route_github_here` then maps those hosts to 127.0.0.1 inside
 ``requests`` (the transport pooch uses), so the catalog keeps its real ``https://github.com``
@@ -50,6 +51,8 @@ class ReleaseServer:
         }
         self.routes.update({p: Path(f) for p, f in (extra or {}).items()})
         self.requests: list[str] = []
+        #: True while route_github_here is in effect (redirects then go to the asset host)
+        self.routed = False
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -74,7 +77,7 @@ class ReleaseServer:
                         return
                 elif path in server.routes:  # GitHub answers with a redirect to the asset
                     self.send_response(302)
-                    self.send_header("Location", f"https://{ASSET_HOST}{ASSET_PREFIX}{path}")
+                    self.send_header("Location", server.asset_location(path))
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
@@ -115,6 +118,13 @@ class ReleaseServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def asset_location(self, path: str) -> str:
+        """Where a release path redirects: GitHub's asset host once routed here, else this
+        server (so a plain ``urllib`` client, which cannot reach GitHub's hosts, follows)."""
+        if self.routed:
+            return f"https://{ASSET_HOST}{ASSET_PREFIX}{path}"
+        return f"{ASSET_PREFIX}{path}"
 
     # -- routes -----------------------------------------------------------------------
     def serve(self, url: str, file: Path) -> None:
@@ -179,6 +189,7 @@ class ReleaseServer:
             return real_send(adapter, request, *args, **kwargs)
 
         monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+        monkeypatch.setattr(self, "routed", True)
 
     # -- helpers ----------------------------------------------------------------------
     @property
