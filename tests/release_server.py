@@ -1,14 +1,21 @@
 """A local stand-in for GitHub release downloads, serving the tiny test models.
 
-Why: the model store downloads release archives by URL (pooch, sha256 pinned). Tests must
-exercise that path (download, checksum, unpack, layout detection) without the network, so
-this server answers the *same URL paths* as github.com for the archives listed in
-tests/data/models/manifest.json, e.g.
-``/ivadomed/model_seg_sci/releases/download/r20240729/model_SCIsegV2_r20240729.zip``.
-Anything else is a 404 (so a wrong URL fails like it would on GitHub).
+Why: the model store downloads release archives by URL (pooch, SHA-256 checked). Tests must
+exercise that path (download, redirect, checksum, unpack, layout detection) for the
+catalog's *own* URLs without the network. This server answers the same URL paths as
+github.com, and answers them as GitHub does: ``/<owner>/<repo>/releases/download/...`` and
+``/<owner>/<repo>/archive/refs/tags/...`` redirect (302) to an asset URL on another host
+(``objects.githubusercontent.com``; the same server's asset path for a client that is not
+routed), which serves the bytes. Anything else is a 404.
+
+:meth:`ReleaseServer.route_github_here` then maps those hosts to 127.0.0.1 inside
+``requests`` (the transport pooch uses), so the catalog keeps its real ``https://github.com``
+URLs and the test changes nothing but where the host name points.
 
     with ReleaseServer() as srv:
-        url = srv.url_for("sci_lesion")          # http://127.0.0.1:<port>/ivadomed/...
+        srv.serve_catalog()                      # every catalog URL -> tests/data/models
+        srv.route_github_here(monkeypatch)
+        store.install("lesion_sci_t2")           # the real download path
         srv.requests                             # paths requested so far (for assertions)
 
 It binds 127.0.0.1 on a free port, serves from a daemon thread and shuts down on exit.
@@ -20,8 +27,14 @@ import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 MODELS_DIR = Path(__file__).resolve().parent / "data" / "models"
+
+#: Hosts a GitHub release download touches (the release page and its asset storage).
+GITHUB_HOSTS = ("github.com", "objects.githubusercontent.com", "codeload.github.com")
+ASSET_HOST = "objects.githubusercontent.com"
+ASSET_PREFIX = "/github-production-release-asset"
 
 
 class ReleaseServer:
@@ -38,6 +51,8 @@ class ReleaseServer:
         }
         self.routes.update({p: Path(f) for p, f in (extra or {}).items()})
         self.requests: list[str] = []
+        #: True while route_github_here is in effect (redirects then go to the asset host)
+        self.routed = False
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -55,13 +70,23 @@ class ReleaseServer:
             def _serve(self, body: bool):
                 path = self.path.split("?", 1)[0]
                 server.requests.append(path)
-                f = server.routes.get(path)
-                if f is None or not f.is_file():
-                    self.send_error(404, "Not Found")
+                if path.startswith(ASSET_PREFIX):
+                    f = server.routes.get(path[len(ASSET_PREFIX) :])
+                    if f is not None and f.is_file():
+                        self._send_file(f, body)
+                        return
+                elif path in server.routes:  # GitHub answers with a redirect to the asset
+                    self.send_response(302)
+                    self.send_header("Location", server.asset_location(path))
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
                     return
+                self.send_error(404, "Not Found")
+
+            def _send_file(self, f: Path, body: bool):
                 data = f.read_bytes()
                 self.send_response(200)
-                self.send_header("Content-Type", "application/zip")
+                self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Content-Disposition", f"attachment; filename={f.name}")
                 self.end_headers()
@@ -93,6 +118,78 @@ class ReleaseServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+    def asset_location(self, path: str) -> str:
+        """Where a release path redirects: GitHub's asset host once routed here, else this
+        server (so a plain ``urllib`` client, which cannot reach GitHub's hosts, follows)."""
+        if self.routed:
+            return f"https://{ASSET_HOST}{ASSET_PREFIX}{path}"
+        return f"{ASSET_PREFIX}{path}"
+
+    # -- routes -----------------------------------------------------------------------
+    def serve(self, url: str, file: Path) -> None:
+        """Serve ``file`` at the path of ``url`` (a real github.com URL)."""
+        self.routes[urlsplit(url).path] = Path(file)
+
+    def serve_catalog(self) -> dict[str, Path]:
+        """Serve every catalog source URL from the tiny model laid out like its release.
+
+        nnU-Net tasks: the manifest's archive for that exact URL; the 7T model: the GitHub
+        source archive of its tag (``gm_sc_7t/<repo>-<tag>.zip``); TotalSpineSeg: the
+        dataset zip with the same ``Dataset10N_`` prefix (the release tag follows the
+        installed ``totalspineseg`` package, the layout does not). Returns url -> file.
+        """
+        from napari_spineseg import catalog
+
+        by_url = {
+            e["url"]: self.models_dir / e["archive"]
+            for e in self.manifest.values()
+            if e.get("url")
+        }
+        served = {}
+        for task in catalog.tasks():
+            for src in task.sources:
+                served[src.url] = self._local_archive(src.url, by_url)
+                self.serve(src.url, served[src.url])
+        return served
+
+    def _local_archive(self, url: str, by_url: dict[str, Path]) -> Path:
+        if url in by_url:
+            return by_url[url]
+        parts = urlsplit(url).path.strip("/").split("/")
+        name = parts[-1]
+        if "archive" in parts:  # /<owner>/<repo>/archive/refs/tags/<tag>.zip
+            found = self.models_dir / "gm_sc_7t" / f"{parts[1]}-{name}"
+        else:
+            prefix = name.split("_", 1)[0] + "_"
+            found = next(
+                iter(sorted((self.models_dir / "totalspineseg").glob(prefix + "*.zip"))), None
+            )
+        if found is None or not found.is_file():
+            raise LookupError(f"no tiny test archive laid out like {url}")
+        return found
+
+    # -- client side ------------------------------------------------------------------
+    def rewrite(self, url: str) -> str:
+        """``https://github.com/x`` (or an asset host) -> ``http://127.0.0.1:<port>/x``."""
+        parts = urlsplit(url)
+        if parts.hostname not in GITHUB_HOSTS:
+            return url
+        host, port = self._httpd.server_address[:2]
+        return urlunsplit(("http", f"{host}:{port}", parts.path, parts.query, ""))
+
+    def route_github_here(self, monkeypatch) -> None:
+        """Make ``requests`` (hence pooch) reach GitHub's hosts on this server, for a test."""
+        import requests.adapters
+
+        real_send = requests.adapters.HTTPAdapter.send
+
+        def send(adapter, request, *args, **kwargs):
+            request.url = self.rewrite(request.url)
+            return real_send(adapter, request, *args, **kwargs)
+
+        monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", send)
+        monkeypatch.setattr(self, "routed", True)
 
     # -- helpers ----------------------------------------------------------------------
     @property

@@ -47,6 +47,10 @@ def _sha(p):
     return hashlib.sha256(Path(p).read_bytes()).hexdigest()
 
 
+#: The smallest plans.json the store accepts (checked at install; nothing is built from it).
+PLANS = {"configurations": {"3d_fullres": {"patch_size": [8, 32, 32], "spacing": [2.0, 1.0, 1.0]}}}
+
+
 def _nnunet_zip(path: Path, prefix="Dataset1_x/nnUNetTrainer__nnUNetPlans__3d_fullres"):
     """A zip laid out like an nnU-Net release (checkpoint = a torch-style zip with data.pkl)."""
     import io
@@ -56,7 +60,7 @@ def _nnunet_zip(path: Path, prefix="Dataset1_x/nnUNetTrainer__nnUNetPlans__3d_fu
         z.writestr("checkpoint_final/data.pkl", b"not unpickled by the store")
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr(f"{prefix}/dataset.json", json.dumps({"labels": {"background": 0, "sc": 1}}))
-        zf.writestr(f"{prefix}/plans.json", "{}")
+        zf.writestr(f"{prefix}/plans.json", json.dumps(PLANS))
         zf.writestr(f"{prefix}/fold_0/checkpoint_final.pth", ck.getvalue())
     return path
 

@@ -16,9 +16,7 @@ the first download (trust on first use) and says so.
 
 from __future__ import annotations
 
-import json
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -466,28 +464,10 @@ _LVL = re.compile(r"^lvl(\d+)$", re.IGNORECASE)
 
 
 def _read_dataset_json(path: Path) -> tuple[dict, str]:
-    """dataset.json of an nnU-Net model folder or zip (without extracting the zip)."""
-    if path.is_dir():
-        found = sorted(path.rglob("dataset.json"), key=lambda p: len(p.parts))
-        found = [p for p in found if (p.parent / "plans.json").is_file()] or found
-        if not found:
-            raise ModelNotInstalledError(
-                f"{path}: no nnU-Net model found (expected a folder with dataset.json, "
-                "plans.json and fold_N/checkpoint_*.pth)"
-            )
-        return json.loads(found[0].read_text()), str(found[0].parent)
-    if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            names = sorted(
-                (n for n in zf.namelist() if n.rsplit("/", 1)[-1] == "dataset.json"),
-                key=lambda n: n.count("/"),
-            )
-            if not names:
-                raise ModelNotInstalledError(
-                    f"{path}: the zip contains no dataset.json, so it is not an nnU-Net model"
-                )
-            return json.loads(zf.read(names[0])), names[0].rsplit("/", 1)[0]
-    raise ModelNotInstalledError(f"{path}: not a model folder or a zip file")
+    """dataset.json of a model folder or zip (size-capped and checked, never extracted)."""
+    from .models.model_json import read_dataset_json
+
+    return read_dataset_json(path)
 
 
 def outputs_from_labels(

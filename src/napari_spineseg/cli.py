@@ -173,10 +173,11 @@ def _cmd_install(args, out, bar) -> int:
         if not args.source:
             raise
         # an unknown name with --from: install a custom nnU-Net model under that name
-        from dataclasses import replace
+        # (trust is checked before anything of the archive is read)
+        from .models.store import custom_install_spec
 
         path = source if isinstance(source, str) else source[0]
-        spec = replace(catalog.custom_task(path), id=args.task)
+        spec = custom_install_spec(args.task, path, trust=args.trust)
     path = install(spec, source, progress=bar, trust=args.trust, force=args.force)
     bar.done()
     out.write(f"installed {spec.id} in {path}\n")

@@ -24,7 +24,6 @@ back to the input's exact voxel order.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -42,6 +41,7 @@ from napari_spineseg.errors import (
     TaskError,
     UntrustedModelError,
 )
+from napari_spineseg.models.model_json import check_dataset, check_plans, read_json_file
 from napari_spineseg.progress import Reporter
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -74,12 +74,10 @@ def _read_json(path: Path, folder: Path) -> dict:
             "(reinstall the model, or point to the folder that holds dataset.json, "
             "plans.json and fold_*/)"
         )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelNotInstalledError(
-            f"nnU-Net model folder {folder}: {path.name} is corrupt ({exc}); reinstall the model"
-        ) from exc
+    # size-capped, UTF-8, an object, bounded nesting (the folder may be untrusted)
+    return read_json_file(
+        path, fix=f"nnU-Net model folder {folder} is corrupt; reinstall the model"
+    )
 
 
 def _find_folds(folder: Path, folds: Sequence[int | str] | str | None) -> tuple[str, ...]:
@@ -258,6 +256,10 @@ class NnunetModel:
         fold_names = _find_folds(folder, folds)
         self.folds = tuple(int(f) if f.isdigit() else f for f in fold_names)
         self.checkpoint_name = _pick_checkpoint(folder, fold_names, checkpoint)
+        # every number that sizes a network or a sliding window, before anything is built
+        fix = "reinstall the model"
+        check_dataset(self.dataset_json, str(folder / "dataset.json"), fix=fix)
+        check_plans(self.plans, str(folder / "plans.json"), fix=fix)
         checkpoints = [
             _load_checkpoint(folder / f"fold_{f}" / self.checkpoint_name, folder, trust)
             for f in fold_names

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -35,6 +36,8 @@ from ..catalog import ModelSource, TaskSpec, custom_task, get_task
 from ..errors import ModelNotInstalledError, SpinesegError, TaskError, UntrustedModelError
 from ..progress import CancelToken, ProgressCallback, Reporter
 from .archives import (
+    FREE_SPACE_RESERVE,
+    MAX_TOTAL_BYTES,
     expected_count,
     layout_problems,
     model_folders,
@@ -244,6 +247,10 @@ def _local_sources(spec: TaskSpec, source: str | Path | Sequence[str | Path]) ->
     for p in paths:
         if not p.exists():
             raise ModelNotInstalledError(f"{p}: no such file or folder")
+        if not (p.is_file() or p.is_dir()):  # a FIFO or /dev/zero would never end
+            raise ModelNotInstalledError(
+                f"{p}: not a regular file or folder; give the release zip or the model folder"
+            )
         if p.is_dir() and not model_folders(p, spec.backend):
             zips = [p / s.filename for s in spec.sources if (p / s.filename).is_file()]
             if not zips:
@@ -281,7 +288,9 @@ def install(
     spec = get_task(task) if not isinstance(task, TaskSpec) else task
     log = log or (lambda _m: None)
     report = _as_reporter(progress, cancel)
-    final = task_dir(spec)
+    final = _store_folder(spec)
+    if spec.backend == "totalspineseg":
+        _require_totalspineseg(spec)
     if not force and source is None and sources is None and is_installed(spec):
         report(1.0, f"{spec.id} already installed")
         return final
@@ -303,8 +312,9 @@ def install(
                 safe_extract(arc.path, staged)
         problems = layout_problems(staged, spec.backend, max(len(archives), 1))
         if problems:
+            shown = [a.url if a.path.is_relative_to(tmp) else str(a.path) for a in archives]
             raise ModelNotInstalledError(
-                f"{', '.join(a.filename for a in archives)} does not contain a usable "
+                f"{', '.join(shown)} does not contain a usable "
                 f"{spec.backend} model for task '{spec.id}': {'; '.join(problems)}"
             )
         _write_source(staged, spec, archives, trusted=trust)
@@ -320,6 +330,56 @@ def install(
         shutil.rmtree(tmp, ignore_errors=True)
     report(1.0, f"installed {spec.id}")
     return final
+
+
+def _store_folder(spec: TaskSpec) -> Path:
+    """``task_dir(spec)``, refused unless it is a direct child of the store (``../x``)."""
+    folder = task_dir(spec)
+    if not _SAFE_ID.match(spec.id) or folder.resolve().parent != models_dir().resolve():
+        raise TaskError(
+            f"{spec.id!r} cannot name a model: use letters, digits, '_', '-' or '.' "
+            "(at most 100 characters, not starting with '.' or '-')"
+        )
+    return folder
+
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
+def _require_totalspineseg(spec: TaskSpec) -> None:
+    """Refuse before any download when the TotalSpineSeg package (the extra) is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("totalspineseg") is not None:
+        return
+    from ..engines.totalspineseg import INSTALL_HINT
+
+    names = " ".join(s.filename for s in spec.sources) or "Dataset101_*.zip Dataset102_*.zip"
+    raise SpinesegError(
+        f"task '{spec.id}' (TotalSpineSeg) needs the 'totalspineseg' package, which is not "
+        f"installed; install it first with: {INSTALL_HINT}. Then `spineseg install "
+        f"{spec.id}` downloads its two model archives; offline, give both zips: "
+        f"`spineseg install {spec.id} --from {names}` (or a folder holding them)."
+    )
+
+
+def custom_install_spec(name: str, source: str | Path, *, trust: bool) -> TaskSpec:
+    """The spec to install a lab's nnU-Net model (zip or folder) under ``name``.
+
+    The trust check comes first: nothing of the archive is read before the user said they
+    trust it (its dataset.json is then read, size-capped and checked, to name the classes).
+    """
+    path = Path(source).expanduser().resolve()
+    if not trust:
+        raise UntrustedModelError(
+            f"{path} is not a model napari-spineseg knows ('{name}' is not a catalog task). "
+            "Model checkpoints are Python pickles and can run arbitrary code when loaded; "
+            f"install it only if you trust its author, with: spineseg install {name} "
+            f"--from {path} --trust"
+        )
+    spec = _rename(custom_task(path), name)
+    _store_folder(spec)
+    return spec
 
 
 def _gather(
@@ -401,10 +461,28 @@ def _copy_model_dir(src: Path, staged: Path, backend: str) -> None:
     """Copy a model folder into the staging folder, refusing symbolic links inside it."""
     if not model_folders(src, backend):
         raise ModelNotInstalledError(f"{src}: no {backend} model folder found inside")
-    links = [p for p in src.rglob("*") if p.is_symlink()]
+    entries = list(src.rglob("*"))
+    links = [p for p in entries if p.is_symlink()]
     if links:
         raise ModelNotInstalledError(
             f"{src}: refused: the model folder contains a symbolic link ({links[0]})"
+        )
+    special = [p for p in entries if not (p.is_file() or p.is_dir())]
+    if special:
+        raise ModelNotInstalledError(
+            f"{src}: refused: {special[0]} is not a regular file (a pipe or a device)"
+        )
+    size = sum(p.stat().st_size for p in entries if p.is_file())
+    if size > MAX_TOTAL_BYTES:
+        raise ModelNotInstalledError(
+            f"{src}: refused: the folder holds {size / 1e9:.1f} GB, more than the "
+            f"{MAX_TOTAL_BYTES / 1e9:.0f} GB any model needs; point to the model folder itself"
+        )
+    free = shutil.disk_usage(staged).free
+    if size + FREE_SPACE_RESERVE > free:
+        raise ModelNotInstalledError(
+            f"{src}: needs {size / 1e6:.0f} MB but only {free / 1e6:.0f} MB is free on the "
+            f"disk of {staged}; free some space or set {ENV_MODELS_DIR} to a larger disk"
         )
     shutil.copytree(src, staged / src.name, dirs_exist_ok=True)
 
@@ -471,7 +549,8 @@ def prepare_custom(
             raise ModelNotInstalledError(f"{p}: {'; '.join(problems)}")
         return folders[0]
     digest = sha256_file(p)
-    spec = _rename(custom_task(p), f"custom-{p.stem}-{digest[:12]}")
+    spec = custom_task(p)  # reads only dataset.json (size-capped, checked)
+    spec = _rename(spec, f"{spec.id[:80]}-{digest[:12]}")
     dest = task_dir(spec)
     if not (dest / SOURCE_JSON).is_file() or layout_problems(dest, "nnunet"):
         install(spec, p, trust=True, progress=report, force=True, log=None)
@@ -591,4 +670,5 @@ __all__ = [
     "remove",
     "task_dir",
     "verify",
+    "custom_install_spec",
 ]
