@@ -63,12 +63,42 @@ def pytest_runtest_makereport(item, call):
 
 
 @pytest.fixture
-def gl_viewer(request):
-    """A real ``napari.Viewer`` (Qt + OpenGL), or skip with the reason it cannot draw."""
+def make_gl_viewer(request):
+    """napari's ``make_napari_viewer`` (Qt + OpenGL viewers), or skip with the reason none
+    can draw here.
+
+    Skips *before* ``make_napari_viewer`` is set up: napari's teardown of that fixture
+    reads the report of the test call, which a test skipped at setup never made (an
+    error at teardown instead of a skip).
+    """
     problem = napari_gl_problem()
     if problem:
         pytest.skip(problem)
-    return request.getfixturevalue("make_napari_viewer")()
+    return request.getfixturevalue("make_napari_viewer")
+
+
+@pytest.fixture
+def gl_viewer(make_gl_viewer):
+    """A real ``napari.Viewer`` (Qt + OpenGL), or skip with the reason it cannot draw."""
+    return make_gl_viewer()
+
+
+@pytest.fixture
+def napari_plugin(npe2pm):
+    """npe2's plugin manager holding napari-spineseg, from this checkout's napari.yaml.
+
+    A Qt viewer discovers the installed plugins when it starts; a ``ViewerModel`` does
+    not, so without this fixture a ViewerModel test finds no "napari-spineseg" reader
+    unless a Qt test happened to run first. ``npe2pm`` (npe2's pytest plugin) swaps the
+    global plugin manager for one that holds only what the test registers.
+    """
+    from pathlib import Path
+
+    import napari_spineseg
+
+    manifest = Path(napari_spineseg.__file__).with_name("napari.yaml")
+    with npe2pm.tmp_plugin(manifest=str(manifest)) as plugin:
+        yield plugin
 
 
 @pytest.fixture(scope="session")

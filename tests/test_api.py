@@ -12,6 +12,7 @@ from napari_spineseg.engines.base import Prediction
 from napari_spineseg.errors import (
     Cancelled,
     ModelNotInstalledError,
+    SaveRefusedError,
     TaskError,
     UntrustedModelError,
 )
@@ -196,5 +197,8 @@ def test_7t_task_end_to_end_on_4d_input(tmp_path):
         assert np.array_equal(ref.outputs[s].labels, res.outputs[s].labels)
     assert res.provenance["settings"]["threshold"] == 0.5
     assert len(api.save(res, tmp_path / "o" / "x.nii.gz")) == 2
-    with pytest.raises(Exception, match="out="):
+    with pytest.raises(
+        SaveRefusedError,
+        match="not read from a file, so there is no default output name; pass out=<path>",
+    ):
         api.output_paths(ref)  # in-memory image: no default name

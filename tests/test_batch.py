@@ -180,7 +180,7 @@ def test_own_cluster_writes_next_to_inputs_notes_4d_and_closes(scans, tmp_path):
         assert np.array_equal(np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj))
         assert nib.load(a).shape == img.shape
     # the LocalCluster started for the batch is gone: no client, no worker process
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="No clients found"):
         distributed.default_client()
     assert multiprocessing.active_children() == []
 

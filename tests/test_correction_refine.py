@@ -52,6 +52,27 @@ def test_merge_replaces_only_the_slab_and_keeps_user_edits(volumes):
     np.testing.assert_array_equal(apply_edit(current, res.edit), m)
 
 
+def test_merge_keeps_the_reviewers_erasures_and_relabels_inside_the_slab(volumes):
+    """An edit is any voxel the reviewer changed, not only a voxel they painted: erasing
+    cord the model found (value -> 0) or repainting it with another class must survive a
+    refine that predicts the cord there again."""
+    original, current, refined = volumes
+    current = current.copy()
+    current[2, 2, 2] = 0  # erased: the model said cord, the reviewer says background
+    current[3, 3, 3] = 2  # relabelled: cord -> class 2
+    res = merge_slab(current, original, refined, slab=(1, 4), crop=(0, 6))
+    assert refined[2, 2, 2] == 1 and refined[3, 3, 3] == 1  # the refine says cord
+    assert res.merged[2, 2, 2] == 0  # the erasure is kept
+    assert res.merged[3, 3, 3] == 2  # and so is the relabel
+    assert res.kept_edits == 3  # (1, 0, 0) painted, (2, 2, 2) erased, (3, 3, 3) relabelled
+    # everything else inside the slab is the refined prediction
+    slab = np.zeros(current.shape, bool)
+    slab[1:4] = True
+    edited = current != original
+    np.testing.assert_array_equal(res.merged[slab & ~edited], refined[1:4][~edited[1:4]])
+    np.testing.assert_array_equal(res.merged[edited], current[edited])
+
+
 def test_merge_without_keep_edits_takes_the_prediction(volumes):
     original, current, refined = volumes
     res = merge_slab(current, original, refined, slab=(1, 4), keep_edits=False, crop=(0, 6))
@@ -94,5 +115,5 @@ def test_trim_clears_the_slab_or_some_classes():
     res = trim_slab(lab, (0, 2), values=[2])
     assert res.n_changed == 2 and (res.merged[:2] == 1).sum() == 8
     assert lab[0, 0, 0] == 2  # input untouched
-    with pytest.raises(LabelsError):
+    with pytest.raises(LabelsError, match=r"slab \[4, 9\) is not a non-empty range .* 0\.\.6"):
         trim_slab(lab, (4, 9))

@@ -62,13 +62,31 @@ def test_interpolation_replaces_class_between_but_preserves_other_labels():
     assert out[2, 3, 3] == 1 and (out[2] == 1).sum() == 16
 
 
-def test_interpolation_uses_in_plane_spacing():
-    # growing disk along a very anisotropic in-plane grid still gives a convex blob
-    lab = np.zeros((3, 9, 9), np.uint8)
-    lab[0, 4, 4] = 1
-    lab[2, 2:7, 2:7] = 1
-    out = apply_edit(lab, interpolate_between(lab, 1, 0, 2, spacing=(1.0, 1.0)))
-    assert out[1, 4, 4] == 1 and 1 < (out[1] == 1).sum() < 25
+def _disk_mm(shape, spacing, centre_mm, radius_mm) -> np.ndarray:
+    """Pixels whose centre lies within ``radius_mm`` of ``centre_mm`` (row, col in mm)."""
+    rows, cols = np.mgrid[: shape[0], : shape[1]]
+    dr = rows * spacing[0] - centre_mm[0]
+    dc = cols * spacing[1] - centre_mm[1]
+    return dr**2 + dc**2 <= radius_mm**2
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 3.0), (3.0, 1.0)])
+def test_interpolation_measures_distances_in_mm_on_anisotropic_pixels(spacing):
+    """A 5 mm disk moved by 6 mm between two slices is, halfway, the same disk moved by
+    3 mm, on 1 x 3 mm pixels as on square ones. Measured in pixels instead, the disk is an
+    ellipse whose short axis is shorter than the move, and its middle shrinks (19 instead
+    of 29 pixels): the test fails if ``spacing`` is ignored or its axes are swapped."""
+    shape = (21, 11) if spacing == (1.0, 3.0) else (11, 21)
+    move = np.array([6.0, 0.0]) if spacing == (1.0, 3.0) else np.array([0.0, 6.0])
+    centre = np.array([7.0, 15.0]) if spacing == (1.0, 3.0) else np.array([15.0, 7.0])
+    lab = np.zeros((3, *shape), np.uint8)
+    lab[0][_disk_mm(shape, spacing, centre, 5.0)] = 1
+    lab[2][_disk_mm(shape, spacing, centre + move, 5.0)] = 1
+    out = apply_edit(lab, interpolate_between(lab, 1, 0, 2, spacing=spacing))
+    halfway = _disk_mm(shape, spacing, centre + move / 2, 5.0)
+    assert halfway.sum() == 29
+    np.testing.assert_array_equal(out[1] == 1, halfway)
+    np.testing.assert_array_equal(out[[0, 2]], lab[[0, 2]])
 
 
 def test_interpolation_errors():
@@ -117,7 +135,7 @@ def test_fill_holes_2d_3d_and_preserve_labels():
     assert both.n_voxels == fill_holes(lab, 1, "2d").n_voxels == 4
     assert fill_holes(lab, 1, "3d").n_voxels == 1
     assert fill_holes(lab, 1, "2d", preserve_labels=False).n_voxels == 5
-    with pytest.raises(ValueError, match="'2d'"):
+    with pytest.raises(ValueError, match="use '2d', '3d' or 'both'"):
         fill_holes(lab, 1, "4d")
 
 

@@ -1,9 +1,11 @@
 """The plugin inside napari: open, overlay, sample data, "New labels" -> save.
 
 Most checks use ``napari.components.ViewerModel`` (the viewer without Qt or OpenGL: the
-same layer list, plugin reader/writer dispatch and transforms), so they run anywhere.
-The ones that need a real ``napari.Viewer`` use the ``gl_viewer`` fixture (skipped with
-the reason when napari cannot draw, e.g. Qt offscreen without OpenGL; run under Xvfb).
+same layer list, plugin reader/writer dispatch and transforms), so they run anywhere; the
+``napari_plugin`` fixture registers the plugin with npe2 for them (a ViewerModel does not
+discover plugins, a Qt viewer does). The ones that need a real ``napari.Viewer`` use the
+``gl_viewer`` fixture (skipped with the reason when napari cannot draw, e.g. Qt offscreen
+without OpenGL; run under Xvfb).
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ napari = pytest.importorskip("napari")
 from napari.components import ViewerModel  # noqa: E402
 from napari.layers import Image, Labels  # noqa: E402
 
-from napari_spineseg.errors import GeometryWarning  # noqa: E402
+from napari_spineseg.errors import GeometryWarning, NiftiError, SpinesegError  # noqa: E402
 from napari_spineseg.io.geometry import RAS_TO_DISPLAY  # noqa: E402
 
 PLUGIN = "napari-spineseg"
 DATA = Path(__file__).resolve().parents[1].parent / "shared/data/sct_testing_data"
+MODELS = Path(__file__).resolve().parent / "data/models"
+#: the ViewerModel tests: napari-spineseg registered with npe2, whatever ran before
+headless = pytest.mark.usefixtures("napari_plugin")
 
 
 def _data(rel: str) -> Path:
@@ -57,6 +62,7 @@ def _new_labels_from(viewer, image):
     return viewer.layers[-1]
 
 
+@headless
 def test_t2_image_and_manual_mask_overlay_exactly():
     t2, seg = _data("t2/t2.nii.gz"), _data("t2/t2_seg-manual.nii.gz")
     viewer = ViewerModel()
@@ -78,16 +84,18 @@ def test_t2_image_and_manual_mask_overlay_exactly():
         assert img.get_value(world, world=True) == image[tuple(index)]
 
 
+@headless
 def test_reader_error_reaches_the_user_with_its_message(tmp_path):
     bad = tmp_path / "truncated.nii"
     good = _data("t2/t2.nii.gz")
     raw = nib.load(str(good))
     nib.save(nib.Nifti1Image(np.asanyarray(raw.dataobj), raw.affine), bad)
     bad.write_bytes(bad.read_bytes()[:2000])
-    with pytest.raises(Exception, match="truncated"):
+    with pytest.raises(NiftiError, match=r"truncated\.nii: file is truncated: expected \d+ bytes"):
         ViewerModel().open(str(bad), plugin=PLUGIN)
 
 
+@headless
 def test_sample_data_opens_as_image_and_named_labels():
     viewer = ViewerModel()
     layers = viewer.open_sample(PLUGIN, "cord_phantom")
@@ -126,6 +134,7 @@ def _check_new_labels_saved(viewer, image_path, tmp_path) -> None:
     np.testing.assert_allclose(_world_of_file_voxel(out, found), world, atol=1e-4)
 
 
+@headless
 def test_new_labels_layer_saves_on_the_image_grid(tmp_path, monkeypatch):
     viewer = ViewerModel()
     # A Qt viewer is napari.current_viewer(); ViewerModel is not, so stand in for it.
@@ -133,13 +142,14 @@ def test_new_labels_layer_saves_on_the_image_grid(tmp_path, monkeypatch):
     _check_new_labels_saved(viewer, _data("t2/t2.nii.gz"), tmp_path)
 
 
+@headless
 def test_new_labels_without_its_image_is_refused(tmp_path, monkeypatch):
     viewer = ViewerModel()
     monkeypatch.setattr(napari, "current_viewer", lambda: viewer)
     (img,) = _open(viewer, _data("t2/t2.nii.gz"))
     new = _new_labels_from(viewer, img)
     viewer.layers.remove(img)
-    with pytest.raises(Exception, match="(?i)open the source image with napari-spineseg"):
+    with pytest.raises(SpinesegError, match="Open the source image with napari-spineseg"):
         new.save(str(tmp_path / "x_seg.nii.gz"), plugin=PLUGIN)
     assert not (tmp_path / "x_seg.nii.gz").exists()
 
@@ -156,6 +166,40 @@ def test_qt_viewer_opens_t2_and_mask(gl_viewer):
     np.testing.assert_allclose(img.extent.world, lab.extent.world)
     np.testing.assert_allclose(_affine(img), _affine(lab))
     assert tuple(gl_viewer.dims.axis_labels) == ("S-I", "A-P", "R-L")
+
+
+@pytest.mark.qt
+@pytest.mark.slow
+def test_review_of_a_lab_model_without_a_task_uses_its_own_classes(gl_viewer, tmp_path):
+    """``review(viewer, path, model=FOLDER, trust=True)`` runs the lab's model with the
+    classes of its dataset.json (cord, csf), as ``api.segment`` does; it used to run it
+    as lesion_sci_t2 and fail ("no class sc for output _sc_seg")."""
+    from napari_spineseg import api, review
+    from napari_spineseg._qt.segment_widget import CUSTOM
+    from napari_spineseg.io import load
+    from napari_spineseg.phantom import cord_phantom
+
+    lab_model = MODELS / "custom_2d/nnUNetTrainer__nnUNetPlans__2d"
+    img, _ = cord_phantom(shape=(48, 40, 16), zooms=(0.8, 0.8, 2.5), axcodes="PSR", seed=1)
+    path = tmp_path / "sub-01_T2w.nii.gz"
+    nib.save(img, path)
+    session = review(gl_viewer, path, model=lab_model, trust=True, device="cpu")
+    session.review_widget.prompt = lambda title, text: "discard"  # teardown closes napari
+    assert session.run.task is None and session.segment_widget.task.value == CUSTOM
+    assert session.wait(300) == "done", session.segment_widget.status.value
+    layers = session.segment_widget.last_layers
+    assert [ly.name for ly in layers] == ["sub-01_T2w_cord_seg", "sub-01_T2w_csf_seg"]
+    assert list(layers[0].features["class"]) == ["background", "cord"]
+    expected = api.segment(path, model=lab_model, trust=True, device="cpu")
+    geometry = load(path).geometry
+    for layer, suffix in zip(layers, ("_cord_seg", "_csf_seg"), strict=True):
+        want = geometry.to_display(expected.outputs[suffix].labels)
+        np.testing.assert_array_equal(layer.data, want)
+    # neither a task nor a model: the default task, as before
+    again = review(gl_viewer, session.image_layer, start=False)
+    assert again.run.task == "lesion_sci_t2" and again.run.model is None
+    assert again.segment_widget.task.value == "lesion_sci_t2"
+    assert again.segment_widget.run_spec().model is None  # the lab's folder is cleared
 
 
 # ------------------------------------------------------------------ on screen (Xvfb)

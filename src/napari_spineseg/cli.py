@@ -12,18 +12,23 @@
 
 Flags follow ``sct_deepseg`` so that SCT users can switch without relearning. Exit codes:
 0 success, 1 a problem the user can fix (the message says how; no traceback), 2 usage
-error, 130 cancelled (Ctrl-C).
+error (a malformed command line: unknown option, a value out of range), 130 cancelled
+(Ctrl-C). Nothing the user types ends in a traceback: an unexpected exception is a bug,
+reported in one line that says how to report it; ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
+import traceback
+import warnings
 from collections.abc import Sequence
 
 from . import __version__
-from .errors import Cancelled, SpinesegError
+from .errors import Cancelled, GeometryWarning, SpinesegError
 from .progress import Progress
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
@@ -59,19 +64,146 @@ class TextProgress:
         self._last = ""
 
 
+EXIT_STATUS = """\
+exit status: 0 done, 1 a problem you can fix (the message says how), 2 wrong usage,
+130 cancelled (Ctrl-C; nothing is left half-written). Add --debug to any command to see
+the traceback of an error."""
+
+SEGMENT_DESCRIPTION = """\
+Segment one or more NIfTI images with a task's model and write the task's masks with
+sct_deepseg's file names, on the image's exact grid (the header geometry is copied byte
+for byte, so FSLeyes, ITK-SNAP, 3D Slicer and SCT overlay them exactly). Each mask is
+written atomically with a JSON sidecar (model, release, settings); a mask it replaces is
+kept under .spineseg-history/. The source image is never modified."""
+
+SEGMENT_EPILOG = f"""\
+examples:
+  spineseg segment lesion_sci_t2 -i sub-01_T2w.nii.gz
+      writes sub-01_T2w_sc_seg.nii.gz and sub-01_T2w_lesion_seg.nii.gz next to the image
+  spineseg segment lesion_sci_t2 -i sub-01_T2w.nii.gz -o derivatives/sub-01_T2w.nii.gz
+      writes derivatives/sub-01_T2w_sc_seg.nii.gz and derivatives/sub-01_T2w_lesion_seg.nii.gz
+  spineseg segment gm_sc_7t_t2star -i t2s.nii.gz -thr 0.7 -remove-small 10vox
+  spineseg segment lesion_sci_t2 -i sub-*_T2w.nii.gz -largest 1 -fill-holes 1 -device cuda:1
+  spineseg segment spine -i t2.nii.gz -label-vert 1
+  spineseg segment --model ~/models/Dataset123_Cord/nnUNetTrainer__nnUNetPlans__3d_fullres \\
+      --trust -i t2.nii.gz
+      your lab's nnU-Net v2 model: one <image>_<label>_seg.nii.gz per label of its dataset.json
+
+Install a task's model first: `spineseg install TASK` (`spineseg tasks` shows what is
+installed). Task details and post-processing defaults: docs/tasks.md.
+
+{EXIT_STATUS}"""
+
+BATCH_EPILOG = f"""\
+examples:
+  spineseg batch lesion_sci_t2 -i data/sub-*/anat/*_T2w.nii.gz -o derivatives/spineseg
+  spineseg batch gm_sc_7t_t2star -i *.nii.gz --workers 4 --threads 2
+  spineseg batch lesion_sci_t2 -i scans/*.nii.gz --scheduler tcp://head-node:8786
+  spineseg batch --model my_nnunet_folder --trust -i scans/*.nii.gz -largest 1
+
+One line per file on stderr as it finishes (-q: none), a summary table on stdout. A file
+that fails is reported with its reason and the others are still segmented; the exit
+status is then 1. Details: docs/batch.md.
+
+{EXIT_STATUS}"""
+
+
+def _threshold(text: str) -> float:
+    """argparse type of -thr: a probability in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of --workers/--threads: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is less than 1")
+    return value
+
+
+def _min_size(text: str) -> str:
+    """argparse type of each -remove-small value: checked, then kept as typed."""
+    from .postprocess import parse_remove_small
+
+    try:
+        parse_remove_small([text])
+    except SpinesegError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("-remove-small: ")) from None
+    return text
+
+
+def _device(text: str) -> str:
+    """argparse type of -device: auto|cpu|cuda|cuda:N|mps, checked before torch loads."""
+    from .engines.base import check_device
+
+    try:
+        return check_device(text)
+    except SpinesegError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _task_help() -> str:
+    from . import catalog
+
+    ids = ", ".join(t.id for t in catalog.tasks())
+    return (
+        f"the task to run: {ids}, or its SCT 6.x name (`spineseg tasks` lists them with "
+        "their output files and whether their model is installed). Leave it out with "
+        "--model to run your own model with the classes of its dataset.json"
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
+    # --debug is accepted before and after the command (`spineseg --debug segment ...` or
+    # `spineseg segment ... --debug`); SUPPRESS keeps a subcommand from resetting it
+    debug = argparse.ArgumentParser(add_help=False)
+    _add_debug(debug, default=argparse.SUPPRESS)
     p = argparse.ArgumentParser(
         prog="spineseg",
-        description="Spinal-cord segmentation with the Spinal Cord Toolbox's sct_deepseg models.",
+        description="Spinal-cord segmentation with the Spinal Cord Toolbox's sct_deepseg "
+        "models:\ninstall a task's model, segment NIfTI images, write SCT-named masks.",
+        epilog="examples:\n"
+        "  spineseg tasks\n"
+        "  spineseg install lesion_sci_t2\n"
+        "  spineseg segment lesion_sci_t2 -i sub-01_T2w.nii.gz\n"
+        "  spineseg segment --help          (every option, with examples)\n\n" + EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_debug(p, default=False)
     p.add_argument("--version", action="version", version=f"napari-spineseg {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    sub.add_parser("tasks", help="list the tasks, their outputs and whether they are installed")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        return sub.add_parser(
+            name, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[debug], **kwargs
+        )
 
-    ins = sub.add_parser("install", help="install a task's model (download or --from PATH)")
-    ins.add_argument("task")
+    command("tasks", help="list the tasks, their outputs and whether they are installed")
+
+    ins = command(
+        "install",
+        help="install a task's model (download or --from PATH)",
+        epilog="examples:\n"
+        "  spineseg install lesion_sci_t2\n"
+        "  spineseg install lesion_sci_t2 --from model_SCIsegV2_r20240729.zip\n"
+        "  spineseg install my_cord --from Dataset123_Cord.zip --trust\n\n" + EXIT_STATUS,
+    )
+    ins.add_argument(
+        "task",
+        help="a task id or SCT 6.x name (see `spineseg tasks`); with --from, any other name "
+        "installs your own nnU-Net model under that name",
+    )
     ins.add_argument(
         "--from",
         dest="source",
@@ -87,58 +219,184 @@ def _parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("--force", action="store_true", help="reinstall even if installed")
 
-    mod = sub.add_parser("models", help="list, verify or remove installed models")
+    mod = command("models", help="list, verify or remove installed models")
     mod.add_argument("action", choices=["list", "verify", "remove"])
     mod.add_argument("task", nargs="?", help="task (verify/remove; verify: all if omitted)")
 
-    seg = sub.add_parser("segment", help="segment an image and write SCT-named masks")
-    seg.add_argument("task", nargs="?", help="task id or SCT name (see `spineseg tasks`)")
-    seg.add_argument("-i", dest="input", required=True, nargs="+", metavar="IMG")
-    seg.add_argument("-o", dest="output", metavar="OUT", help="output name (as sct_deepseg -o)")
+    seg = command(
+        "segment",
+        help="segment an image and write SCT-named masks",
+        description=SEGMENT_DESCRIPTION,
+        epilog=SEGMENT_EPILOG,
+    )
+    seg.add_argument("task", nargs="?", help=_task_help())
+    seg.add_argument(
+        "-i",
+        dest="input",
+        required=True,
+        nargs="+",
+        metavar="IMG",
+        help="image(s) to segment: .nii or .nii.gz files, 2D, 3D or 4D (a 4D series is "
+        "averaged over its 4th axis first). Several images are segmented one after the "
+        "other with the model loaded once, each getting its own masks",
+    )
+    seg.add_argument(
+        "-o",
+        dest="output",
+        metavar="OUT",
+        help="output file name, as sct_deepseg -o. A task with one output file writes OUT "
+        "itself; with several, each file's suffix replaces OUT's extension (-o sub-01.nii.gz "
+        "-> sub-01_sc_seg.nii.gz, sub-01_lesion_seg.nii.gz). An existing folder receives "
+        "<image name><suffix>.nii.gz. Default: next to the image, <image name><suffix>.nii.gz. "
+        "Only with a single -i image",
+    )
     _add_sct_flags(seg, device="auto")
 
-    bat = sub.add_parser(
-        "batch", help="segment many images in parallel on a dask cluster (docs/batch.md)"
+    bat = command(
+        "batch",
+        help="segment many images in parallel on a dask cluster (docs/batch.md)",
+        description="Segment many images in parallel on a dask.distributed cluster (a local "
+        "one by default): each file runs exactly `spineseg segment` (same names, sidecars, "
+        "atomic writes), each worker process keeps its model loaded between files.",
+        epilog=BATCH_EPILOG,
     )
-    bat.add_argument("task", nargs="?", help="task id or SCT name (see `spineseg tasks`)")
-    bat.add_argument("-i", dest="input", required=True, nargs="+", metavar="IMG")
+    bat.add_argument("task", nargs="?", help=_task_help())
+    bat.add_argument(
+        "-i",
+        dest="input",
+        required=True,
+        nargs="+",
+        metavar="IMG",
+        help="the images to segment (.nii / .nii.gz; shell wildcards welcome)",
+    )
     bat.add_argument(
         "-o",
         dest="output",
         metavar="OUTDIR",
-        help="folder for every mask (default: next to each image)",
+        help="folder for every mask, <image name><suffix>.nii.gz (created if needed; two "
+        "images with the same name are refused). Default: next to each image",
     )
-    bat.add_argument("--workers", type=int, metavar="N", help="worker processes (local)")
-    bat.add_argument("--threads", type=int, default=1, metavar="N", help="CPU threads per worker")
     bat.add_argument(
-        "--scheduler", metavar="ADDRESS", help="use a running dask scheduler (tcp://host:8786)"
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="worker processes of the local cluster (default: cores / --threads, at most "
+        "one per file); each worker segments one file at a time",
+    )
+    bat.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="CPU threads each worker gives inference (default: 1); keep workers x threads "
+        "<= cores",
+    )
+    bat.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="use a running dask scheduler (e.g. tcp://head-node:8786) instead of a local cluster",
     )
     _add_sct_flags(bat, device="cpu")
 
-    demo = sub.add_parser("demo", help="run the demo on a synthetic phantom")
+    demo = command("demo", help="run the demo on a synthetic phantom")
     demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
     return p
 
 
+def _add_debug(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=default,
+        help="show the full traceback of an error (for bug reports) and debug logging",
+    )
+
+
 def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
     """sct_deepseg's post-processing/inference flags, shared by segment and batch."""
-    p.add_argument("-thr", dest="threshold", type=float, metavar="F")
-    p.add_argument("-largest", type=int, choices=[0, 1])
-    p.add_argument("-fill-holes", dest="fill_holes", type=int, choices=[0, 1])
-    p.add_argument("-remove-small", dest="remove_small", nargs="+", metavar="N[vox|mm3]")
-    p.add_argument("-test-time-aug", dest="tta", action="store_true")
+    p.add_argument(
+        "-thr",
+        dest="threshold",
+        type=_threshold,
+        metavar="F",
+        help="binarization threshold in [0, 1] for models that output probabilities (the "
+        "7T task gm_sc_7t_t2star, default 0.5: voxels >= F become 1). 0 skips the "
+        "binarization step of the post-processing, as in SCT (SCT then writes soft values; "
+        "the masks here are label files, cut at 0.5). nnU-Net tasks predict labels "
+        "directly: there it does not apply",
+    )
+    p.add_argument(
+        "-largest",
+        type=int,
+        choices=[0, 1],
+        help="1: keep only the largest connected object of each output (per class in a "
+        "multi-label file), to drop false positives away from the cord; 0: keep all. "
+        "Default: the task's own (docs/tasks.md)",
+    )
+    p.add_argument(
+        "-fill-holes",
+        dest="fill_holes",
+        type=int,
+        choices=[0, 1],
+        help="1: fill holes inside each object (3x3x3 structure, 3D, as SCT); 0: leave them. "
+        "Default: the task's own",
+    )
+    p.add_argument(
+        "-remove-small",
+        dest="remove_small",
+        nargs="+",
+        type=_min_size,
+        metavar="N[vox|mm3]",
+        help="remove objects smaller than N voxels (N or Nvox) or N cubic millimetres (Nmm3), "
+        "18-connected. One value for every output, or one per output file / class, with the "
+        "unit written once on the last value as in SCT: -remove-small 10 20vox. Default: the "
+        "task's own (3 voxels for the 7T task, none for the others)",
+    )
+    p.add_argument(
+        "-test-time-aug",
+        dest="tta",
+        action="store_true",
+        help="test-time augmentation: nnU-Net also predicts the mirrored image(s) and "
+        "averages (slower, up to 8x in 3D; sometimes more robust). nnU-Net tasks only",
+    )
     p.add_argument(
         "-label-vert",
         dest="label_vert",
         type=int,
         choices=[0, 1],
         default=0,
-        help="spine: also run step 2 (one label per vertebra)",
+        help="spine (TotalSpineSeg) only: 1 also runs step 2, which labels every vertebra "
+        "and disc individually (default 0: step 1 only)",
     )
-    p.add_argument("-device", default=device, help="auto|cpu|cuda|cuda:N|mps")
-    p.add_argument("--model", metavar="FOLDER_OR_ZIP", help="your own nnU-Net v2 model")
-    p.add_argument("--trust", action="store_true", help="trust --model (pickle checkpoints)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-device",
+        default=device,
+        type=_device,
+        metavar="D",
+        help="where the model runs: auto (CUDA if available, else Apple MPS, else CPU), cpu, "
+        "cuda, cuda:N (the Nth GPU, from 0) or mps. A GPU out-of-memory error falls back to "
+        f"the CPU with a message. Default: {device}",
+    )
+    p.add_argument(
+        "--model",
+        metavar="FOLDER_OR_ZIP",
+        help="an nnU-Net v2 model of your own (a folder with dataset.json, plans.json and "
+        "fold_N/checkpoint_*.pth, or its zip). Without TASK its dataset.json labels decide "
+        "the output files (SCT's rule); with TASK it replaces that task's model and keeps "
+        "the task's outputs. Needs --trust",
+    )
+    p.add_argument(
+        "--trust",
+        action="store_true",
+        help="run --model although its checkpoints are Python pickles, which can run any "
+        "code: only for models from people you trust",
+    )
+    p.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar (the written file names and any error are still printed)",
+    )
 
 
 # ----------------------------------------------------------------------------- commands
@@ -226,6 +484,15 @@ def _cmd_segment(args, out, bar) -> int:
         raise SpinesegError("segment: give a TASK (see `spineseg tasks`) or --model FOLDER")
     if args.output and len(args.input) > 1:
         raise SpinesegError("-o names one output; with several -i images leave it out")
+    if args.task is not None:  # an unknown task is reported before the files
+        from . import catalog
+
+        catalog.get_task(args.task)
+    _check_inputs(args.input)
+    if args.remove_small:  # the values as a whole (one unit for all), before any model loads
+        from .postprocess import parse_remove_small
+
+        parse_remove_small(args.remove_small)
     progress = None if args.quiet else bar
     for img in args.input:
         t0 = time.perf_counter()
@@ -253,6 +520,15 @@ def _cmd_segment(args, out, bar) -> int:
             f"{img}: done in {time.perf_counter() - t0:.1f} s on {result.provenance['device']}\n"
         )
     return EXIT_OK
+
+
+def _check_inputs(paths: Sequence[str]) -> None:
+    """Refuse a missing, misnamed or broken -i file before any model is loaded (a typo in
+    the 10th of 10 images must not cost nine segmentations first)."""
+    from .io.checks import sniff
+
+    for path in paths:
+        sniff(path)  # header bytes only: NiftiError naming the file and the fix
 
 
 def _cmd_batch(args, out) -> int:
@@ -305,19 +581,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)  # argparse exits with 2 on usage errors
     out = sys.stdout
     bar = TextProgress()
+    if args.debug:
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     try:
-        if args.command == "tasks":
-            return _cmd_tasks(args, out)
-        if args.command == "install":
-            return _cmd_install(args, out, bar)
-        if args.command == "models":
-            return _cmd_models(args, out)
-        if args.command == "segment":
-            return _cmd_segment(args, out, bar)
-        if args.command == "batch":
-            return _cmd_batch(args, out)
-        if args.command == "demo":
-            return _cmd_demo(args, out)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _run(args, out, bar)
     except (Cancelled, KeyboardInterrupt):
         bar.done()
         if args.command == "batch":
@@ -329,11 +598,79 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write("spineseg: cancelled; nothing was written\n")
         return EXIT_CANCELLED
     except SpinesegError as exc:
-        bar.done()
-        sys.stderr.write(f"spineseg: error: {exc}\n")
+        return _fail(bar, f"error: {exc}", debug=args.debug)
+    except BrokenPipeError:  # `spineseg tasks | head`: the reader left, nothing to say
         return EXIT_ERROR
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover
-    return EXIT_USAGE  # pragma: no cover
+    except MemoryError:
+        return _fail(
+            bar,
+            "error: out of memory: the image (or the model) does not fit in this machine's "
+            "memory; close other programs, or segment on a machine with more memory",
+            debug=args.debug,
+        )
+    except OSError as exc:  # the system refused (permissions, disk full, missing folder)
+        return _fail(bar, f"error: {_os_error(exc)}", debug=args.debug)
+    except Exception as exc:
+        return _fail(bar, _bug_report(exc), debug=args.debug, bug=True)
+
+
+def _run(args, out, bar) -> int:
+    if args.command == "tasks":
+        return _cmd_tasks(args, out)
+    if args.command == "install":
+        return _cmd_install(args, out, bar)
+    if args.command == "models":
+        return _cmd_models(args, out)
+    if args.command == "segment":
+        return _cmd_segment(args, out, bar)
+    if args.command == "batch":
+        return _cmd_batch(args, out)
+    if args.command == "demo":
+        return _cmd_demo(args, out)
+    raise AssertionError(f"unknown command {args.command!r}")  # pragma: no cover
+
+
+def _fail(bar: TextProgress, message: str, *, debug: bool, bug: bool = False) -> int:
+    """Print ``spineseg: <message>`` (after the traceback with --debug); exit status 1.
+
+    Called while the exception is being handled, so --debug prints its traceback.
+    """
+    bar.done()
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    sys.stderr.write(f"spineseg: {message}\n")
+    if bug and not debug:
+        sys.stderr.write("spineseg: rerun the same command with --debug to see the traceback\n")
+    return EXIT_ERROR
+
+
+def _os_error(exc: OSError) -> str:
+    """``strerror: file`` of an OSError the operating system raised (no Python jargon)."""
+    if exc.strerror and exc.filename is not None:
+        files = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return f"{files}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def _bug_report(exc: BaseException) -> str:
+    """One line for an exception no check anticipated: it is our bug, not the user's."""
+    from .segmentation import CODE_URL
+
+    return (
+        f"internal error ({type(exc).__name__}: {exc}). This is a bug in napari-spineseg "
+        f"{__version__}, not a problem with your input: please report it at "
+        f"{CODE_URL}/issues with the command you ran and the output of --debug"
+    )
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings (GeometryWarning...) as ``spineseg: warning: ...``; others as usual."""
+    if issubclass(category, GeometryWarning):
+        (file or sys.stderr).write(f"spineseg: warning: {message}\n")
+    else:
+        (file or sys.stderr).write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -192,7 +192,7 @@ def test_crop_and_refine_merges_inside_the_slab_and_keeps_edits(
 
 
 def test_autosave_is_offered_back_when_the_image_is_segmented_again(
-    make_napari_viewer, viewer, region_model, image_path, qtbot
+    make_gl_viewer, viewer, region_model, image_path, qtbot
 ):
     s = _session(viewer, image_path, region_model)
     assert s.wait(300) == "done"
@@ -202,7 +202,7 @@ def test_autosave_is_offered_back_when_the_image_is_segmented_again(
     painted = np.array(layer.data)
     assert s.review_widget.autosave(force=True, block=True)
     # "crash": a second viewer opens the same image and segments it again
-    viewer2 = make_napari_viewer()
+    viewer2 = make_gl_viewer()
     s2 = _session(viewer2, image_path, region_model, start=False)
     offers = []
     s2.review_widget.prompt_recovery = lambda text: offers.append(text) or "restore"

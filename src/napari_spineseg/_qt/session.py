@@ -27,6 +27,7 @@ from qtpy.QtCore import QTimer
 
 from ..errors import GeometryWarning, SpinesegError
 from .jobs import RunSpec
+from .segment_widget import CUSTOM
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -37,6 +38,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .segment_widget import SegmentWidget
 
 PLUGIN = "napari-spineseg"
+#: what ``review`` runs when given neither a task nor a model
+DEFAULT_TASK = "lesion_sci_t2"
 #: the widgets' display names in napari.yaml
 SEGMENT_WIDGET = "Segment spinal cord"
 REVIEW_WIDGET = "Review and correct"
@@ -66,8 +69,13 @@ class ReviewSession:
         QTimer.singleShot(0, lambda: _raiser(self.segment_dock)([True]))
         self.segment_widget.on_results.append(_raiser(self.review_dock))
         self.segment_widget.image.value = image_layer
-        if run.task:
-            self.segment_widget.task.value = run.task
+        # the widget shows the session's run, so that pressing Run again repeats it
+        if run.model is not None:
+            self.segment_widget.model.value = run.model
+        else:  # cleared: FileEdit.value = "" would mean the current folder
+            self.segment_widget.model.line_edit.value = ""
+        self.segment_widget.trust.value = run.trust
+        self.segment_widget.task.value = run.task or CUSTOM
         if run.device in self.segment_widget.device.choices:
             self.segment_widget.device.value = run.device
 
@@ -218,7 +226,7 @@ def open_image(viewer: napari.viewer.Viewer, path: str | os.PathLike) -> Any:
 def review(
     viewer: napari.viewer.Viewer,
     image: str | os.PathLike | Any,
-    task: str | None = "lesion_sci_t2",
+    task: str | None = None,
     model: str | os.PathLike | None = None,
     trust: bool = False,
     device: str = "auto",
@@ -228,9 +236,15 @@ def review(
     """Open ``image`` (a path, or an image layer already in ``viewer``), dock the widgets
     and start ``task`` on a worker; returns a :class:`ReviewSession` at once.
 
+    ``task`` and ``model`` mean what they mean in :func:`napari_spineseg.api.segment`: a
+    ``model`` folder without a task is your lab's nnU-Net model, run with the classes of
+    its own ``dataset.json`` (the widget's task "custom"); with a task, it replaces that
+    task's model. With neither, the task is ``lesion_sci_t2`` (:data:`DEFAULT_TASK`).
     ``options``: ``threshold``, ``largest``, ``fill_holes``, ``remove_small``,
     ``test_time_aug`` as in :func:`napari_spineseg.api.segment`.
     """
+    if task is None and model is None:
+        task = DEFAULT_TASK
     if isinstance(image, str | os.PathLike):
         layer = open_image(viewer, image)
     else:

@@ -10,6 +10,7 @@ writer and the viewer never see model space.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -55,6 +56,27 @@ class Engine(Protocol):
         ...
 
 
+#: the device names a user can give (besides ``cuda:N``, N = GPU index)
+DEVICE_NAMES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device(device: str | None) -> str:
+    """``device`` lower-cased if it is ``auto|cpu|cuda|cuda:N|mps``, else a SpinesegError.
+
+    Checked before torch is imported (the CLI does it before loading anything), so a typo
+    never surfaces as torch's "Expected one of cpu, cuda, ipu, xpu, ..." RuntimeError.
+    """
+    name = (device or "auto").strip().lower()
+    if name in DEVICE_NAMES or re.fullmatch(r"cuda:\d+", name):
+        return name
+    from ..errors import SpinesegError
+
+    raise SpinesegError(
+        f"unknown device {device!r}: use auto, cpu, cuda, cuda:N (N = the GPU index, "
+        "e.g. cuda:0) or mps"
+    )
+
+
 def resolve_device(device: str = "auto"):
     """Turn ``auto|cuda|cuda:N|mps|cpu`` into a ``torch.device``.
 
@@ -62,9 +84,9 @@ def resolve_device(device: str = "auto"):
     to the number of usable cores (override with ``SPINESEG_NUM_THREADS``) because torch's
     default can oversubscribe small machines.
     """
+    device = check_device(device)
     import torch
 
-    device = (device or "auto").lower()
     if device == "auto":
         if torch.cuda.is_available():
             device = "cuda"
@@ -80,6 +102,13 @@ def resolve_device(device: str = "auto"):
         raise SpinesegError(
             "device 'cuda' was requested but torch sees no CUDA GPU "
             f"(torch {torch.__version__}); use device='auto' or 'cpu'"
+        )
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        from ..errors import SpinesegError
+
+        raise SpinesegError(
+            f"device {device!r} was requested but torch sees {torch.cuda.device_count()} CUDA "
+            "GPU(s), numbered from 0; use device='cuda' (the first) or 'auto'"
         )
     if device == "mps" and not (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
