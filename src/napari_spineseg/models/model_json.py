@@ -232,8 +232,12 @@ def read_dataset_json(path: str | Path) -> tuple[dict, str]:
             )
         dataset = read_json_file(found[0], fix=fix)
         return check_dataset(dataset, str(found[0]), fix=fix), str(found[0].parent)
-    if not path.is_file():
-        raise ModelNotInstalledError(f"{path}: not a model folder or a zip file")
+    if not path.is_file() or not zipfile.is_zipfile(path):
+        # A NIfTI or any other file given as --model: say what is expected, not "re-download".
+        raise ModelNotInstalledError(
+            f"{path}: not a model folder or a zip file (give the folder that holds "
+            "dataset.json and plans.json, or the model's release .zip)"
+        )
     from .archives import open_zip
 
     with open_zip(path) as zf:
