@@ -8,6 +8,9 @@
                      [--model FOLDER_OR_ZIP --trust]
     spineseg batch TASK -i IMG [IMG ...] [-o OUTDIR] [--workers N] [--threads N]
                    [--scheduler ADDRESS] [SCT flags as segment] [--model FOLDER_OR_ZIP --trust]
+    spineseg batch TASK -i BIDS_ROOT [-o DERIV] [--pattern GLOB] [--overwrite] [--qc QCDIR]
+    spineseg batch --status DERIV
+    spineseg qc DERIV -o QCDIR
     spineseg demo [--out DIR]
 
 Flags follow ``sct_deepseg`` so that SCT users can switch without relearning. Exit codes:
@@ -60,6 +63,8 @@ class TextProgress:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .study import commands as cohort_commands
+
     p = argparse.ArgumentParser(
         prog="spineseg",
         description="Spinal-cord segmentation with the Spinal Cord Toolbox's sct_deepseg models.",
@@ -101,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         "batch", help="segment many images in parallel on a dask cluster (docs/batch.md)"
     )
     bat.add_argument("task", nargs="?", help="task id or SCT name (see `spineseg tasks`)")
-    bat.add_argument("-i", dest="input", required=True, nargs="+", metavar="IMG")
+    bat.add_argument("-i", dest="input", nargs="+", metavar="IMG_OR_BIDS_ROOT")
     bat.add_argument(
         "-o",
         dest="output",
@@ -114,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scheduler", metavar="ADDRESS", help="use a running dask scheduler (tcp://host:8786)"
     )
     _add_sct_flags(bat, device="cpu")
+    cohort_commands.add_batch_arguments(bat)
+    cohort_commands.add_qc_parser(sub)
 
     demo = sub.add_parser("demo", help="run the demo on a synthetic phantom")
     demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
@@ -314,7 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "segment":
             return _cmd_segment(args, out, bar)
         if args.command == "batch":
-            return _cmd_batch(args, out)
+            from .study.commands import run_batch
+
+            handled = run_batch(args, out)  # BIDS input or --status; else a file list
+            return _cmd_batch(args, out) if handled is None else handled
+        if args.command == "qc":
+            from .study.commands import run_qc
+
+            return run_qc(args, out)
         if args.command == "demo":
             return _cmd_demo(args, out)
     except (Cancelled, KeyboardInterrupt):
