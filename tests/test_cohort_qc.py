@@ -144,6 +144,13 @@ def test_manual_correction_keys_follow_the_catalog_outputs():
 def test_qc_command_and_its_errors(deriv, tmp_path, capsys):
     assert cli.main(["qc", str(deriv), "-o", str(tmp_path / "q"), "--jobs", "1"]) == 0
     assert capsys.readouterr().out.strip() == str(tmp_path / "q" / "index.html")
+    # batch --qc: nothing left to segment (no cluster started), the report is written
+    root = deriv.parent.parent
+    argv = ["batch", "-i", str(root), "--model", MODEL, "--trust", "--qc", str(tmp_path / "b")]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "0 segmented, 0 failed, 4 skipped" in out
+    assert f"QC report: {tmp_path / 'b' / 'index.html'}" in out
     assert cli.main(["qc", str(tmp_path), "-o", str(tmp_path / "q2")]) == 1
     assert "no batch recorded here" in capsys.readouterr().err
     bad = tmp_path / "bad.yml"
