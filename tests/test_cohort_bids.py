@@ -108,6 +108,10 @@ def test_layout_names_and_entities(tmp_path):
     assert bids.derivative_folder(tmp_path, "sub-01_T2w.nii.gz") == tmp_path / "sub-01/anat"
     with pytest.raises(bids.BidsError, match=r"t2.nii.gz: not a BIDS file name .*sub-<label>"):
         bids.derivative_folder(tmp_path, "t2.nii.gz")
+    spec = get_task("lesion_sci_t2")
+    cli_defaults = {"threshold": None, "largest": None, "test_time_aug": False, "device": "cpu"}
+    assert bids.run_key(spec, "abc", cli_defaults) == bids.run_key(spec, "abc", {})
+    assert bids.run_key(spec, "abc", {"largest": True})["Settings"] == {"largest": True}
     names = bids.output_names(get_task("lesion_sci_t2"), "sub-01_T2w.nii.gz")
     assert names == {
         "_sc_seg": "sub-01_T2w_sc_seg.nii.gz",

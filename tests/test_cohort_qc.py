@@ -257,6 +257,12 @@ def test_report_in_a_headless_browser(report, browser):
     while not target.is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert qc_report.read_marks_yaml(target) == expected
+    # the cohort queue reads it back: the failed images only, marked "fail"
+    from napari_spineseg.study.state import CohortSession
+
+    queue = CohortSession.open_path(target, rater="R")
+    assert [str(c.image) for c in queue.cases] == sorted({rows[0]["image"], rows[3]["image"]})
+    assert {c.qc for c in queue.cases} == {"fail"}
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     assert errors == []
 

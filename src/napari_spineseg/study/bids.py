@@ -167,9 +167,14 @@ def model_hash(spec: TaskSpec, model: str | os.PathLike | None) -> str | None:
 
 
 def run_key(spec: TaskSpec, model_sha: str | None, settings: dict[str, Any]) -> dict[str, Any]:
-    """What must match for an existing mask to count as done (settings as requested,
-    None meaning the task's default; the device is not part of it)."""
-    kept = {k: v for k, v in sorted(settings.items()) if k != "device"}
+    """What must match for an existing mask to count as done: the settings as requested,
+    without the defaults (None, False) so that an API call and the CLI agree, and without
+    the device (the same model on another device is the same run)."""
+    kept = {
+        k: v
+        for k, v in sorted(settings.items())
+        if k != "device" and v is not None and v is not False
+    }
     return {"Task": spec.id, "ModelHash": model_sha, "Settings": kept}
 
 
