@@ -13,6 +13,7 @@ import pytest
 
 import napari_spineseg
 from napari_spineseg import sidecar
+from napari_spineseg._qt.cohort_widget import COLUMNS
 from napari_spineseg.io import load
 from napari_spineseg.study import bids
 from napari_spineseg.study.commands import segment_bids
@@ -66,7 +67,7 @@ def test_cohort_review_end_to_end(viewer, deriv, qtbot):
         "sub-00_ses-01_T2w_csf_seg",
     ]
     assert review.state.layer.name == names[1]  # the Review panel is on the cord mask
-    statuses = [w.table.item(r, 7).text() for r in range(4)]
+    statuses = [w.table.item(r, COLUMNS.index("status")).text() for r in range(4)]
     assert statuses == ["in progress", "to do", "to do", "to do"]
 
     cord = viewer.layers[1]

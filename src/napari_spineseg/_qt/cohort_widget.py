@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 COHORT_WIDGET = "Cohort review"
-COLUMNS = ("#", "subject", "session", "image", "outputs", "qc", "flags", "status", "rater", "time")
+COLUMNS = ("#", "subject", "session", "status", "qc", "flags", "rater", "time", "image", "outputs")
 KEYS = {"next": "Alt-Right", "previous": "Alt-Left", "approve": "Alt-A"}
 
 
@@ -83,6 +83,7 @@ class CohortWidget(QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
         self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
         self.table.cellDoubleClicked.connect(lambda r, _c: self.open(self._case_at(r)))
@@ -152,6 +153,8 @@ class CohortWidget(QWidget):
                 item.setData(Qt.ItemDataRole.UserRole, r)
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
+        if len(rows) <= 200:  # sizing to contents reads every row: not for big cohorts
+            self.table.resizeColumnsToContents()
         self._select_current()
 
     def _case_at(self, table_row: int) -> int:
@@ -349,7 +352,8 @@ def cohort(
     Returns the widget: ``.cases``, ``.open(i)``, ``.next()``, ``.previous()``,
     ``.save()``, ``.approve()`` (``.session`` is the Qt-free queue).
     """
-    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, COHORT_WIDGET)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, COHORT_WIDGET)
+    widget.dock = dock
     widget.load(path, rater=rater, deriv=str(deriv) if deriv else None)
     widget.open(0)
     return widget

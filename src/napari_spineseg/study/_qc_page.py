@@ -22,6 +22,7 @@ th,td{border-bottom:1px solid #ddd;padding:4px 6px;font-size:13px;vertical-align
 th{background:#e4e7eb;position:sticky;top:70px;text-align:left}
 tr.selected{outline:3px solid #2563eb;outline-offset:-3px;background:#eef4ff}
 td.mark{font-size:22px;text-align:center;width:36px}
+td.what{min-width:190px;max-width:260px;word-break:break-all}
 .flag{display:inline-block;background:#fde68a;border-radius:8px;padding:0 6px;margin:1px;
   font-size:12px}
 .err{color:#b91c1c}
@@ -65,7 +66,8 @@ function build() {
       "' data-plain='img/" + esc(r.png.sag) + "' data-overlay='img/" +
       esc(r.png.sag_overlay) + "' src='img/" + esc(r.png.sag_overlay) + "'>";
     tr.innerHTML = "<td>" + (i + 1) + "</td><td>sub-" + esc(r.subject) +
-      (r.session ? "<br>ses-" + esc(r.session) : "") + "</td><td>" + esc(r.image_rel) +
+      (r.session ? "<br>ses-" + esc(r.session) : "") + "</td><td class='what'>" +
+      esc(r.image_rel) +
       "<br><b>" + esc(r.suffix) + "</b> <span class='muted'>" + esc(r.yaml_key) +
       "</span></td><td class='mark'></td><td class='flags'>" +
       (flags || "<span class='muted'>none</span>") +
@@ -196,7 +198,7 @@ def page(*, title: str, deriv: str, report_id: str, rows: list[dict[str, Any]], 
 (<span id="overlay-state">on</span>) <kbd>F</kbd> ✅ pass | ❌ fail | ⚠️ artifact
 <kbd>/</kbd> search</span></div></header>
 <table><thead><tr><th>#</th><th>subject</th><th>image / output</th><th>QC</th><th>flags</th>
-<th>volume</th><th>mean CSA</th><th>axial (covered slices, superior first)</th>
+<th>volume</th><th>mean CSA</th><th>axial (mask extent, superior first)</th>
 <th>sagittal</th></tr></thead><tbody id="rows"></tbody></table>
 <script id="qc-data" type="application/json">{data}</script>
 <script>{_JS}</script></body></html>

@@ -37,9 +37,9 @@ from ..catalog import OutputSpec
 from ..errors import SpinesegError
 from . import bids
 
-RENDER_VERSION = "2"  # bump when the pictures or metrics change: invalidates the cache
+RENDER_VERSION = "4"  # bump when the pictures or metrics change: invalidates the cache
 MARKS = {"pass": "✅", "fail": "❌", "artifact": "⚠️"}
-TILE_PX = 96
+TILE_PX = 64
 MAX_TILES = 48
 MOSAIC_COLUMNS = 10
 
@@ -212,10 +212,10 @@ def _window(a: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
 def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     """Metrics and pictures of one row (run in a worker process); returns the row's data.
 
-    Writes ``<id>_axial.png`` / ``<id>_axial_overlay.png`` (mosaic of the covered axial
-    slices, superior first, anterior up, patient right on the left) and ``<id>_sag.png`` /
-    ``<id>_sag_overlay.png`` (the sagittal slice through the mask's centre, superior up,
-    anterior left) into ``img_dir``.
+    Writes ``<id>_axial.png`` / ``<id>_axial_overlay.png`` (mosaic of the axial slices
+    from the mask's first to its last, superior first, anterior up, patient right on the
+    left) and ``<id>_sag.png`` / ``<id>_sag_overlay.png`` (the sagittal slice through the
+    mask's centre, superior up, anterior left) into ``img_dir``.
     """
     from PIL import ImageDraw
 
@@ -255,7 +255,9 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     data["png"] = names
     occupied = lab != 0
     covered = np.flatnonzero(occupied.any(axis=(1, 2)))
-    if covered.size == 0:  # an empty mask: the middle slice, no crop
+    if covered.size:  # the whole extent: a gap in the mask shows as a tile without overlay
+        covered = np.arange(covered[0], covered[-1] + 1)
+    else:  # an empty mask: the middle slice, no crop
         covered = np.array([lab.shape[0] // 2])
         occupied = np.ones_like(occupied)
     if covered.size > MAX_TILES:
