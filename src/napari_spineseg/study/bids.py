@@ -300,8 +300,9 @@ class Plan:
 
     def save(self) -> Path:
         """Record the plan in ``DERIV/.spineseg/batch.json`` (read by ``--status``)."""
-        return _write_json_ret(
-            self.deriv / STATE_DIR / PLAN_JSON,
+        path = self.deriv / STATE_DIR / PLAN_JSON
+        _write_json(
+            path,
             {
                 "raw_root": str(self.raw_root),
                 "task": self.spec.id,
@@ -311,11 +312,7 @@ class Plan:
                 "images": [i.relative_to(self.raw_root).as_posix() for i in self.images],
             },
         )
-
-
-def _write_json_ret(path: Path, data: Any) -> Path:
-    _write_json(path, data)
-    return path
+        return path
 
 
 def output_state(path: Path, key: dict[str, Any] | None) -> str:

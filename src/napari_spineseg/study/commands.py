@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -114,11 +115,15 @@ def _print_progress(p: Progress) -> None:
     sys.stderr.flush()
 
 
+@dataclass
 class BidsBatchSummary:
-    """What a BIDS batch did: skipped (already done), segmented, failed (message)."""
+    """What a BIDS batch did (images relative to the dataset root): skipped (already
+    done), segmented, failed (with the message)."""
 
-    def __init__(self, deriv: Path, skipped: list[str], done: list[str], failed: dict[str, str]):
-        self.deriv, self.skipped, self.done, self.failed = deriv, skipped, done, failed
+    deriv: Path
+    skipped: list[str]
+    done: list[str]
+    failed: dict[str, str]
 
     @property
     def text(self) -> str:

@@ -181,7 +181,7 @@ def _resize(rgb: np.ndarray, height: int, width: int):
     return Image.fromarray(rgb).resize((max(1, width), max(1, height)), Image.NEAREST)
 
 
-def _crop_box(occupied: np.ndarray, spacing: tuple[float, float]) -> tuple[slice, slice, int]:
+def _crop_box(occupied: np.ndarray, spacing: tuple[float, float]) -> tuple[slice, slice]:
     """Square (in mm) in-plane window around the mask, 60 % margin, at least 16 mm."""
     rows = np.flatnonzero(occupied.any(axis=1))
     cols = np.flatnonzero(occupied.any(axis=0))
@@ -194,7 +194,7 @@ def _crop_box(occupied: np.ndarray, spacing: tuple[float, float]) -> tuple[slice
     for c, s in zip(centre, spacing, strict=True):
         h = int(math.ceil(half_mm / s))
         out.append(slice(int(round(c)) - h, int(round(c)) + h + 1))
-    return out[0], out[1], 0
+    return out[0], out[1]
 
 
 def _window(a: np.ndarray, rs: slice, cs: slice) -> np.ndarray:
@@ -217,7 +217,7 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     left) and ``<id>_sag.png`` / ``<id>_sag_overlay.png`` (the sagittal slice through the
     mask's centre, superior up, anterior left) into ``img_dir``.
     """
-    from PIL import ImageDraw
+    from PIL import Image, ImageDraw
 
     from ..correction import qc
     from ..io import load
@@ -263,7 +263,7 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     if covered.size > MAX_TILES:
         covered = covered[np.linspace(0, covered.size - 1, MAX_TILES).round().astype(int)]
     data["slices"] = covered.tolist()
-    rs, cs, _ = _crop_box(occupied.any(axis=0), spacing[1:])
+    rs, cs = _crop_box(occupied.any(axis=0), spacing[1:])
     crop_img = _window(img[covered], rs, cs)
     crop_lab = _window(lab[covered], rs, cs)
     gray = _gray(crop_img)
@@ -274,8 +274,6 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     ncol = min(MOSAIC_COLUMNS, covered.size)
     nrow = math.ceil(covered.size / ncol)
     for key, with_labels in (("axial", False), ("axial_overlay", True)):
-        from PIL import Image
-
         sheet = Image.new("RGB", (ncol * tw, nrow * th))
         draw = ImageDraw.Draw(sheet)
         for k, z in enumerate(covered):
@@ -336,6 +334,7 @@ def write_report(deriv: str | os.PathLike, qc_dir: str | os.PathLike, *, jobs: i
     ``jobs`` worker processes render the rows (1: in this process). Rows whose files did
     not change since the last report are taken from the cache.
     """
+    from ..correction.qc import FLAGS
     from ._qc_page import page
 
     rows = collect(deriv)
@@ -367,18 +366,12 @@ def write_report(deriv: str | os.PathLike, qc_dir: str | os.PathLike, *, jobs: i
             deriv=str(deriv_abs),
             report_id=report_id,
             rows=data,
-            flags=list(_flag_names()),
+            flags=list(FLAGS),
         ),
         encoding="utf-8",
     )
     os.replace(tmp, index)
     return index
-
-
-def _flag_names() -> tuple[str, ...]:
-    from ..correction.qc import FLAGS
-
-    return FLAGS
 
 
 def read_marks_yaml(path: str | os.PathLike) -> dict[str, list[str]]:

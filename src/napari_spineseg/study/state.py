@@ -97,7 +97,14 @@ def _hms(seconds: float) -> str:
 class CohortSession:
     """The review queue of one derivatives folder (see the module docstring)."""
 
-    def __init__(self, deriv: str | os.PathLike, rater: str | None = None, *, only=None):
+    def __init__(
+        self,
+        deriv: str | os.PathLike,
+        rater: str | None = None,
+        *,
+        only: dict[str, str] | None = None,
+    ) -> None:
+        """``only``: image file name -> QC mark, to keep just those cases (a QC YAML)."""
         self.plan = bids.load_plan(deriv)
         self.deriv = self.plan.deriv
         self.rater = rater or getpass.getuser()
