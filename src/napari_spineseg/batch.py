@@ -297,7 +297,7 @@ def segment_many(
             own_cluster.close()
 
 
-def _run(distributed, client, files, args, per_file, options, progress, cancel):
+def _run(distributed, client, files, args, per_file, options, progress, cancel) -> list[BatchItem]:
     token = uuid.uuid4().hex[:8]
     task, model_path, trust, device, threads = args
     futures = {
