@@ -102,9 +102,15 @@ def _segment_one(
     threads: int,
     client_pid: int,
     options: dict[str, Any],
+    entry_extra: dict[str, Any] | None = None,
+    sidecar_extra: dict[str, Any] | None = None,
 ) -> BatchItem:
-    """Runs on a worker: api.segment + api.save on one file; never raises."""
-    from . import api
+    """Runs on a worker: api.segment + api.save on one file; never raises.
+
+    ``entry_extra`` is merged into each output's GeneratedBy entry and ``sidecar_extra``
+    into its sidecar's top level (e.g. BIDS ``Sources``), after the mask is written.
+    """
+    from . import api, sidecar
 
     # Inference threads of this worker process. Not in the client's own process (a
     # threaded LocalCluster): there the user's environment stays the user's.
@@ -128,7 +134,10 @@ def _segment_one(
             return_probabilities=False,
             **options,
         )
+        result.sidecar_extra.update(entry_extra or {})
         written = api.save(result, out_dir)
+        for p in written if sidecar_extra else ():
+            sidecar.write(p, {**sidecar.read(p), **sidecar_extra})
     except SpinesegError as exc:
         return BatchItem(Path(path), None, str(exc), time.perf_counter() - t0, worker)
     except Exception as exc:  # a bug or an unexpected input: keep the batch going
@@ -141,12 +150,15 @@ def _segment_one(
 # ----------------------------------------------------------------------------- client side
 
 
-def _check_names(paths: list[Path], out_dir: Path | None) -> None:
+def _check_names(paths: list[Path], out_dirs: Path | None | list[Path | None]) -> None:
     """Refuse a batch in which two inputs would write the same mask files."""
     from .io.checks import split_nifti_name
 
+    if not isinstance(out_dirs, list):
+        out_dirs = [out_dirs] * len(paths)
+
     seen: dict[Path, Path] = {}
-    for p in paths:
+    for p, out_dir in zip(paths, out_dirs, strict=True):
         base = split_nifti_name(p.name)[0]
         target = (out_dir if out_dir is not None else p.parent) / base
         if target in seen:
@@ -181,7 +193,7 @@ def segment_many(
     paths: Sequence[str | os.PathLike],
     task: str | TaskSpec | None = None,
     *,
-    out_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     model: str | os.PathLike | None = None,
     trust: bool = False,
     device: str = "cpu",
@@ -196,13 +208,17 @@ def segment_many(
     label_vert: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    entry_extra: Sequence[dict[str, Any]] | None = None,
+    sidecar_extra: Sequence[dict[str, Any]] | None = None,
 ) -> list[BatchItem]:
     """Segment every file of ``paths`` with ``task`` (or ``model``), one dask task each.
 
     Returns one :class:`BatchItem` per input, in the order given; a file that fails does
     not stop the others (its ``error`` says why). Masks are written as :func:`api.save`
     writes them: next to each input, or into ``out_dir`` (created if needed) with the
-    input's name and the task's SCT suffixes.
+    input's name and the task's SCT suffixes. ``out_dir`` may also be one folder per
+    input (a BIDS-derivatives layout, :mod:`napari_spineseg.study.bids`), and
+    ``entry_extra``/``sidecar_extra`` one dict per input for its sidecars.
 
     ``client``: a ``distributed.Client`` or a scheduler address (``"tcp://host:8786"``);
     when None, a ``LocalCluster`` of ``n_workers`` processes (default: cores //
@@ -227,15 +243,20 @@ def segment_many(
         raise SpinesegError(f"threads_per_worker must be >= 1, got {threads_per_worker}")
     if n_workers is not None and int(n_workers) < 1:
         raise SpinesegError(f"n_workers must be >= 1, got {n_workers}")
-    out = Path(out_dir).expanduser().absolute() if out_dir is not None else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise SpinesegError(f"out_dir {out} exists and is not a folder")
-    _check_names(files, out)
+    if out_dir is None or isinstance(out_dir, str | os.PathLike):
+        out_dir = [out_dir] * len(files)
+    if len(out_dir) != len(files):
+        raise SpinesegError(f"out_dir: {len(out_dir)} folders for {len(files)} files")
+    outs = [Path(o).expanduser().absolute() if o is not None else None for o in out_dir]
+    for out in set(outs) - {None}:
+        if out.exists() and not out.is_dir():
+            raise SpinesegError(f"out_dir {out} exists and is not a folder")
+    _check_names(files, outs)
     model_path = str(Path(model).expanduser().absolute()) if model is not None else None
     if client is None:  # a cluster of your own may see another model store: its workers say
         _precheck(task, model_path, trust)
     distributed = _distributed()
-    if out is not None:
+    for out in set(outs) - {None}:
         out.mkdir(parents=True, exist_ok=True)
     options = {
         "threshold": threshold,
@@ -245,7 +266,15 @@ def segment_many(
         "test_time_aug": bool(test_time_aug),
         "label_vert": bool(label_vert),
     }
-    args = (task, str(out) if out else None, model_path, bool(trust), device, threads)
+    args = (task, model_path, bool(trust), device, threads)
+    per_file = [
+        (
+            str(o) if o else None,
+            entry_extra[i] if entry_extra else None,
+            sidecar_extra[i] if sidecar_extra else None,
+        )
+        for i, o in enumerate(outs)
+    ]
 
     own_cluster = own_client = None
     try:
@@ -260,7 +289,7 @@ def segment_many(
             client = own_client = distributed.Client(own_cluster)
         elif isinstance(client, str):
             client = own_client = distributed.Client(client)
-        return _run(distributed, client, files, args, options, progress, cancel)
+        return _run(distributed, client, files, args, per_file, options, progress, cancel)
     finally:
         if own_client is not None:
             own_client.close()
@@ -268,15 +297,23 @@ def segment_many(
             own_cluster.close()
 
 
-def _run(distributed, client, files, args, options, progress, cancel) -> list[BatchItem]:
+def _run(distributed, client, files, args, per_file, options, progress, cancel) -> list[BatchItem]:
     token = uuid.uuid4().hex[:8]
+    task, model_path, trust, device, threads = args
     futures = {
         client.submit(
             _segment_one,
             str(p),
-            *args,
+            task,
+            per_file[i][0],
+            model_path,
+            trust,
+            device,
+            threads,
             os.getpid(),
             options,
+            per_file[i][1],
+            per_file[i][2],
             key=f"spineseg-{token}-{i}-{p.name}",
             pure=False,
         ): i

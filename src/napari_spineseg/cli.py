@@ -8,6 +8,9 @@
                      [--model FOLDER_OR_ZIP --trust]
     spineseg batch TASK -i IMG [IMG ...] [-o OUTDIR] [--workers N] [--threads N]
                    [--scheduler ADDRESS] [SCT flags as segment] [--model FOLDER_OR_ZIP --trust]
+    spineseg batch TASK -i BIDS_ROOT [-o DERIV] [--pattern GLOB] [--overwrite] [--qc QCDIR]
+    spineseg batch --status DERIV
+    spineseg qc DERIV -o QCDIR
     spineseg demo [--out DIR]
 
 Flags follow ``sct_deepseg`` so that SCT users can switch without relearning. Exit codes:
@@ -163,6 +166,8 @@ def _task_help() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .study import commands as cohort_commands
+
     # --debug is accepted before and after the command (`spineseg --debug segment ...` or
     # `spineseg segment ... --debug`); SUPPRESS keeps a subcommand from resetting it
     debug = argparse.ArgumentParser(add_help=False)
@@ -264,10 +269,10 @@ def _parser() -> argparse.ArgumentParser:
     bat.add_argument(
         "-i",
         dest="input",
-        required=True,
         nargs="+",
-        metavar="IMG",
-        help="the images to segment (.nii / .nii.gz; shell wildcards welcome)",
+        metavar="IMG_OR_BIDS_ROOT",
+        help="the images to segment (.nii / .nii.gz; shell wildcards welcome), or one BIDS "
+        "dataset folder (the task's contrast is found under sub-*/[ses-*/]anat; see --pattern)",
     )
     bat.add_argument(
         "-o",
@@ -297,6 +302,8 @@ def _parser() -> argparse.ArgumentParser:
         help="use a running dask scheduler (e.g. tcp://head-node:8786) instead of a local cluster",
     )
     _add_sct_flags(bat, device="cpu")
+    cohort_commands.add_batch_arguments(bat)
+    cohort_commands.add_qc_parser(sub)
 
     demo = command("demo", help="run the demo on a synthetic phantom")
     demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
@@ -624,7 +631,14 @@ def _run(args, out, bar) -> int:
     if args.command == "segment":
         return _cmd_segment(args, out, bar)
     if args.command == "batch":
-        return _cmd_batch(args, out)
+        from .study.commands import run_batch
+
+        handled = run_batch(args, out)  # BIDS input or --status; else a file list
+        return _cmd_batch(args, out) if handled is None else handled
+    if args.command == "qc":
+        from .study.commands import run_qc
+
+        return run_qc(args, out)
     if args.command == "demo":
         return _cmd_demo(args, out)
     raise AssertionError(f"unknown command {args.command!r}")  # pragma: no cover

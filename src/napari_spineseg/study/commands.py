@@ -1,0 +1,217 @@
+"""The cohort side of the ``spineseg`` command: ``batch`` over a BIDS dataset, ``--status``,
+``qc``. ``cli.py`` only registers these arguments and calls :func:`run_batch` /
+:func:`run_qc`; the plain file-list batch stays in ``cli.py``.
+
+    spineseg batch TASK -i BIDS_ROOT [-o DERIV] [--pattern GLOB] [--overwrite] [--qc QCDIR]
+    spineseg batch --status DERIV
+    spineseg qc DERIV -o QCDIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..errors import SpinesegError
+from ..progress import Progress
+
+EXIT_OK, EXIT_ERROR = 0, 1
+
+
+def add_batch_arguments(bat: argparse.ArgumentParser) -> None:
+    """The BIDS options of ``spineseg batch``."""
+    bat.add_argument(
+        "--pattern",
+        metavar="GLOB",
+        help="BIDS input: images to take, relative to the dataset root "
+        "(default: the task's contrasts, sub-*/[ses-*/]anat/*_<T2w|T1w|...>.nii.gz)",
+    )
+    bat.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="BIDS input: redo images whose masks are done (even corrected ones; the "
+        "previous versions are kept in .spineseg-history)",
+    )
+    bat.add_argument(
+        "--status",
+        metavar="DERIV",
+        help="print done / failed (why) / pending for the batch written into DERIV, and exit",
+    )
+    bat.add_argument("--qc", metavar="QCDIR", help="BIDS input: write the QC report there too")
+
+
+def add_qc_parser(sub: Any) -> None:
+    """``spineseg qc DERIV -o QCDIR``."""
+    qc = sub.add_parser(
+        "qc", help="write an HTML QC report of a derivatives folder (docs/cohort.md)"
+    )
+    qc.add_argument("deriv", metavar="DERIV", help="derivatives folder written by spineseg batch")
+    qc.add_argument("-o", dest="output", required=True, metavar="QCDIR", help="report folder")
+    qc.add_argument("--jobs", type=int, default=2, metavar="N", help="parallel mosaic processes")
+
+
+def is_bids_input(args: argparse.Namespace) -> bool:
+    """One ``-i`` that is a folder: a BIDS dataset root."""
+    return bool(args.input) and len(args.input) == 1 and Path(args.input[0]).is_dir()
+
+
+def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
+    """``--status`` or a BIDS batch; None when the input is a plain file list (cli.py's)."""
+    from . import bids
+
+    if args.status:
+        out.write(bids.status_table(bids.status(args.status)) + "\n")
+        return EXIT_OK
+    if not args.input:
+        raise SpinesegError("batch: give images or a BIDS dataset with -i, or --status DERIV")
+    if not is_bids_input(args):
+        for flag in ("pattern", "qc"):
+            if getattr(args, flag):
+                raise SpinesegError(
+                    f"batch --{flag} needs a BIDS dataset folder as the only -i input"
+                )
+        return None
+    if args.task is None and args.model is None:
+        raise SpinesegError("batch: give a TASK (see `spineseg tasks`) or --model FOLDER")
+    settings = {
+        "threshold": args.threshold,
+        "largest": None if args.largest is None else bool(args.largest),
+        "fill_holes": None if args.fill_holes is None else bool(args.fill_holes),
+        "remove_small": args.remove_small,
+        "test_time_aug": bool(args.tta),
+        "label_vert": bool(args.label_vert),
+    }
+    progress = None if args.quiet else _print_progress
+    summary = segment_bids(
+        args.input[0],
+        args.task,
+        deriv=args.output,
+        model=args.model,
+        trust=args.trust,
+        pattern=args.pattern,
+        overwrite=args.overwrite,
+        settings=settings,
+        device=args.device,
+        client=args.scheduler,
+        n_workers=args.workers,
+        threads_per_worker=args.threads,
+        progress=progress,
+    )
+    out.write(summary.text + "\n")
+    if args.qc:
+        from .qc_report import write_report
+
+        index = write_report(summary.deriv, args.qc)
+        out.write(f"QC report: {index}\n")
+    return EXIT_OK if not summary.failed else EXIT_ERROR
+
+
+def _print_progress(p: Progress) -> None:
+    sys.stderr.write(f"[{p.step}/{p.total}] {p.stage}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class BidsBatchSummary:
+    """What a BIDS batch did (images relative to the dataset root): skipped (already
+    done), segmented, failed (with the message)."""
+
+    deriv: Path
+    skipped: list[str]
+    done: list[str]
+    failed: dict[str, str]
+
+    @property
+    def text(self) -> str:
+        lines = [f"FAILED  {rel}: {msg}" for rel, msg in self.failed.items()]
+        lines.append(
+            f"{len(self.done)} segmented, {len(self.failed)} failed, {len(self.skipped)} "
+            f"skipped (already done; --overwrite to redo) -> {self.deriv}"
+        )
+        return "\n".join(lines)
+
+
+def segment_bids(
+    root: str | Path,
+    task: str | None,
+    *,
+    deriv: str | Path | None = None,
+    model: str | Path | None = None,
+    trust: bool = False,
+    pattern: str | None = None,
+    overwrite: bool = False,
+    settings: dict[str, Any] | None = None,
+    device: str = "cpu",
+    client: Any = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    progress: Any = None,
+) -> BidsBatchSummary:
+    """Segment a BIDS dataset into ``deriv`` (default ``ROOT/derivatives/spineseg``),
+    skipping images whose masks are done with the same run key (see :mod:`.bids`)."""
+    from .. import catalog
+    from ..batch import segment_many
+    from . import bids
+
+    raw = Path(root).expanduser().absolute()
+    out = Path(deriv).expanduser().absolute() if deriv else raw / "derivatives" / "spineseg"
+    if model is not None:
+        model = str(Path(model).expanduser().absolute())
+        spec = catalog.get_task(task) if task else catalog.custom_task(model)
+    else:
+        spec = catalog.get_task(task)
+    images = bids.discover(raw, spec, pattern)
+    settings = dict(settings or {})
+    key = json.loads(json.dumps(bids.run_key(spec, bids.model_hash(spec, model), settings)))
+    plan = bids.Plan(raw, out, spec, tuple(images), key, model)
+    todo, skipped = [], []
+    for image in images:
+        state = bids.image_state(plan, image, key)
+        rel = image.relative_to(raw).as_posix()
+        if overwrite or state in ("pending", "stale"):
+            todo.append(image)
+        else:
+            skipped.append(rel)
+    bids.write_dataset_description(out, raw, spec)
+    plan.save()
+    for image in todo:
+        bids.remove_debris(plan.folder(image), bids.output_names(spec, image).values())
+    if not todo:
+        return BidsBatchSummary(out, skipped, [], {})
+    items = segment_many(
+        todo,
+        task,
+        out_dir=[plan.folder(i) for i in todo],
+        model=model,
+        trust=trust,
+        device=device,
+        client=client,
+        n_workers=n_workers,
+        threads_per_worker=threads_per_worker,
+        threshold=settings.get("threshold"),
+        largest=settings.get("largest"),
+        fill_holes=settings.get("fill_holes"),
+        remove_small=settings.get("remove_small"),
+        test_time_aug=bool(settings.get("test_time_aug")),
+        label_vert=bool(settings.get("label_vert")),
+        progress=progress,
+        entry_extra=[{bids.RUN_KEY: key}] * len(todo),
+        sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
+    )
+    done = [it.path.relative_to(raw).as_posix() for it in items if it.ok]
+    failed = {it.path.relative_to(raw).as_posix(): str(it.error) for it in items if not it.ok}
+    bids.record_failures(out, failed, done, key)
+    return BidsBatchSummary(out, skipped, done, failed)
+
+
+def run_qc(args: argparse.Namespace, out: TextIO) -> int:
+    """``spineseg qc DERIV -o QCDIR``."""
+    from .qc_report import write_report
+
+    index = write_report(args.deriv, args.output, jobs=args.jobs)
+    out.write(f"{index}\n")
+    return EXIT_OK

@@ -1,0 +1,358 @@
+"""The cohort review queue, Qt-free: cases, their status, and its file in the derivatives.
+
+Why a file and not memory: a study is corrected over days and sometimes by two people.
+The queue lives in ``DERIV/.spineseg/cohort.json`` (status, rater, time spent and who has
+a case open, per image), re-read before every change and written atomically, so the next
+day's session or a second reviewer picks it up, and opening a case another reviewer has
+open gives a :class:`CaseOpenWarning`.
+
+Saving a corrected case writes each mask over itself in the derivatives through
+:func:`napari_spineseg.io.save_labels` (exact geometry, atomic, previous version kept in
+``.spineseg-history``) and appends to its sidecar the ``GeneratedBy`` entry that SCT's
+``manual-correction`` appends (``Name: Manual``, ``Author``, ``Date``), with what this tool
+knows: voxels added/removed per class (:mod:`napari_spineseg.correction.edits`), the time
+spent on the case and the tool version (:func:`napari_spineseg.correction.correction_record`).
+
+    >>> s = CohortSession.open_path("derivatives/spineseg", rater="Jane Doe")
+    >>> case = s.open(0)              # loads the image and its masks (display order)
+    >>> s.save({"_sc_seg": edited})   # writes the mask, appends the Manual entry
+    >>> s.approve(); s.next()
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpinesegError
+from . import bids
+
+STATE_JSON = "cohort.json"
+STATUSES = ("to do", "in progress", "corrected", "approved")
+#: a case open elsewhere for longer than this is taken as abandoned (no warning)
+STALE_OPEN_S = 12 * 3600
+
+
+class CaseOpenWarning(UserWarning):
+    """Another reviewer (or another session) has this case open."""
+
+
+@dataclass
+class Case:
+    """One image of the cohort and its masks (``masks``: SCT suffix -> mask path)."""
+
+    id: str  # image path relative to the raw dataset
+    subject: str
+    session: str
+    image: Path
+    masks: dict[str, Path]
+    qc: str = ""  # the QC report's mark when read from its YAML ("fail", "artifact")
+    status: str = "to do"
+    rater: str = ""
+    seconds: float = 0.0
+    flags: dict[str, int] = field(default_factory=dict)  # flag -> flagged slices, once opened
+
+    def row(self) -> dict[str, Any]:
+        """The table row (plain values)."""
+        return {
+            "subject": self.subject,
+            "session": self.session,
+            "image": self.image.name,
+            "outputs": ", ".join(self.masks),
+            "qc": self.qc,
+            "flags": ", ".join(f"{k} ×{v}" for k, v in self.flags.items()),
+            "status": self.status,
+            "rater": self.rater,
+            "time": _hms(self.seconds),
+        }
+
+
+@dataclass
+class OpenCase:
+    """A case loaded for review: the image and its masks in display order."""
+
+    case: Case
+    volume: Any  # io.Volume of the image
+    labels: dict[str, np.ndarray]  # suffix -> display-order labels as on disk at open
+    classes: dict[str, dict[int, str]]
+    colors: dict[str, dict[int, tuple]]
+    opened_at: float
+
+
+def _hms(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s else ""
+
+
+class CohortSession:
+    """The review queue of one derivatives folder (see the module docstring)."""
+
+    def __init__(
+        self,
+        deriv: str | os.PathLike,
+        rater: str | None = None,
+        *,
+        only: dict[str, str] | None = None,
+    ) -> None:
+        """``only``: image file name -> QC mark, to keep just those cases (a QC YAML)."""
+        self.plan = bids.load_plan(deriv)
+        self.deriv = self.plan.deriv
+        self.rater = rater or getpass.getuser()
+        self.session_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.cases: list[Case] = []
+        for image in self.plan.images:
+            folder = self.plan.folder(image)
+            names = bids.output_names(self.plan.spec, image)
+            masks = {s: folder / n for s, n in names.items() if (folder / n).is_file()}
+            if not masks:
+                continue
+            rel = image.relative_to(self.plan.raw_root).as_posix()
+            mark = only.get(image.name) if only is not None else ""
+            if only is not None and mark is None:
+                continue
+            ent = bids.entities(image)
+            self.cases.append(Case(rel, ent["sub"], ent.get("ses", ""), image, masks, mark))
+        if not self.cases:
+            what = "the QC YAML's images" if only is not None else "this folder"
+            raise SpinesegError(f"{self.deriv}: no segmented case among {what}")
+        self.index: int | None = None
+        self.current: OpenCase | None = None
+        self._refresh_from_disk()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def open_path(
+        cls,
+        path: str | os.PathLike,
+        rater: str | None = None,
+        deriv: str | os.PathLike | None = None,
+    ) -> CohortSession:
+        """A session on a derivatives folder, or on a QC YAML (``qc_fail.yml``: only its
+        images, marked "fail"; the derivatives folder found from them unless given)."""
+        path = Path(path).expanduser()
+        if path.is_dir():
+            return cls(path, rater)
+        from .qc_report import read_marks_yaml
+
+        lists = read_marks_yaml(path)
+        mark = "artifact" if "artifact" in path.name else "fail"
+        only = {Path(f).name: mark for files in lists.values() for f in files}
+        if deriv is None:
+            deriv = _guess_deriv([Path(f) for files in lists.values() for f in files], path)
+        return cls(deriv, rater, only=only)
+
+    # ------------------------------------------------------------------ state file
+    @property
+    def state_path(self) -> Path:
+        return self.deriv / bids.STATE_DIR / STATE_JSON
+
+    def _read_state(self) -> dict[str, Any]:
+        try:
+            data = json.loads(self.state_path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {"cases": {}}
+        except (OSError, ValueError) as exc:
+            raise SpinesegError(
+                f"{self.state_path}: unreadable review queue ({exc}); restore it from "
+                "a backup or delete it (the masks and sidecars are not affected)"
+            ) from None
+        return data if isinstance(data, dict) and "cases" in data else {"cases": {}}
+
+    def _update(self, case: Case, **changes: Any) -> dict[str, Any]:
+        """Read the file, change one case, write it back atomically; returns its entry."""
+        data = self._read_state()
+        entry = data["cases"].setdefault(case.id, {})
+        for k, v in changes.items():
+            if v is None:
+                entry.pop(k, None)
+            else:
+                entry[k] = v
+        bids._write_json(self.state_path, data)
+        self._apply(case, entry)
+        return entry
+
+    def _apply(self, case: Case, entry: dict[str, Any]) -> None:
+        case.status = entry.get("status", "to do")
+        case.rater = entry.get("rater", "")
+        case.seconds = float(entry.get("seconds", 0.0))
+        case.flags = dict(entry.get("flags", {}))
+
+    def _refresh_from_disk(self) -> None:
+        """Take the file's state (another reviewer's changes) into ``cases``."""
+        entries = self._read_state()["cases"]
+        for case in self.cases:
+            self._apply(case, entries.get(case.id, {}))
+
+    # ------------------------------------------------------------------ navigation
+    def open(self, i: int) -> OpenCase:
+        """Load case ``i`` (image + masks), mark it in progress, warn if open elsewhere."""
+        from ..correction import qc
+        from ..io import load
+
+        if not 0 <= i < len(self.cases):
+            raise IndexError(f"case {i} out of range 0..{len(self.cases) - 1}")
+        self.close()
+        case = self.cases[i]
+        entry = self._read_state()["cases"].get(case.id, {})
+        other = entry.get("open_by")
+        if (
+            isinstance(other, dict)
+            and other.get("session") != self.session_id
+            and time.time() - float(other.get("since", 0)) < STALE_OPEN_S
+        ):
+            warnings.warn(
+                f"{case.id} is open by {other.get('rater')} on {other.get('host')} since "
+                f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(other.get('since', 0)))}; "
+                "if you both save, the last save wins (the other version is kept in "
+                ".spineseg-history)",
+                CaseOpenWarning,
+                stacklevel=2,
+            )
+        volume = load(case.image)
+        labels, classes, colors, flags = {}, {}, {}, {}
+        outputs = {o.suffix: o for o in self.plan.spec.outputs}
+        for suffix, path in case.masks.items():
+            mask = load(path)
+            if not volume.geometry.matches(mask.geometry):
+                raise SpinesegError(f"{path}: not on the grid of {case.image}; re-run the batch")
+            labels[suffix] = np.asarray(mask.display_data())
+            out = outputs.get(suffix)
+            classes[suffix] = dict(out.names) if out and out.names else {1: suffix.strip("_")}
+            colors[suffix] = dict(out.colors) if out else {}
+            table = qc.slice_table(labels[suffix], volume.geometry.scale, classes[suffix])
+            for name in qc.FLAGS:
+                n = int(table.flags[name].sum())
+                if n:
+                    flags[name] = flags.get(name, 0) + n
+        status = entry.get("status", "to do")
+        self._update(
+            case,
+            status="in progress" if status == "to do" else status,
+            open_by={
+                "rater": self.rater,
+                "host": socket.gethostname(),
+                "session": self.session_id,
+                "since": time.time(),
+            },
+            flags=flags,
+        )
+        self.index = i
+        self.current = OpenCase(case, volume, labels, classes, colors, time.monotonic())
+        return self.current
+
+    def close(self) -> None:
+        """Leave the current case: add the time spent, release it for other reviewers."""
+        if self.current is None:
+            return
+        case = self.current.case
+        spent = time.monotonic() - self.current.opened_at
+        entry = self._read_state()["cases"].get(case.id, {})
+        self._update(case, seconds=float(entry.get("seconds", 0.0)) + spent, open_by=None)
+        self.current = None
+
+    def next(self) -> OpenCase | None:
+        """Open the next case (None, and the current one closed, at the end)."""
+        i = -1 if self.index is None else self.index
+        if i + 1 >= len(self.cases):
+            self.close()
+            return None
+        return self.open(i + 1)
+
+    def previous(self) -> OpenCase | None:
+        """Open the previous case (None at the start)."""
+        if not self.index:
+            return None
+        return self.open(self.index - 1)
+
+    # ------------------------------------------------------------------ decisions
+    def _require(self) -> OpenCase:
+        if self.current is None:
+            raise SpinesegError("no case is open: call open(i) or next() first")
+        return self.current
+
+    def time_on_case(self) -> float:
+        """Seconds spent on the current case, this session included."""
+        cur = self._require()
+        return cur.case.seconds + (time.monotonic() - cur.opened_at)
+
+    def save(self, labels: dict[str, np.ndarray], *, author: str | None = None) -> list[Path]:
+        """Write the edited masks (display order, per suffix) over their derivatives files
+        and append the manual-correction entry to each sidecar; status "corrected"."""
+        from .. import sidecar
+        from ..correction import EditTracker, correction_record, extend_sidecar
+        from ..io import save_labels
+
+        cur = self._require()
+        unknown = set(labels) - set(cur.labels)
+        if unknown:
+            raise SpinesegError(
+                f"{cur.case.id}: no mask with suffix {sorted(unknown)}; it has {list(cur.labels)}"
+            )
+        spent = round(self.time_on_case(), 1)
+        written = []
+        for suffix, data in labels.items():
+            data = np.asarray(data)
+            if data.shape != cur.labels[suffix].shape:
+                raise SpinesegError(
+                    f"{cur.case.masks[suffix]}: labels of shape {data.shape}, the mask is "
+                    f"{cur.labels[suffix].shape} (display order)"
+                )
+            edits = EditTracker(cur.labels[suffix]).diff(data)
+            path = cur.case.masks[suffix]
+            save_labels(cur.volume.geometry.to_file(data), path, like=cur.volume)
+            record = correction_record(
+                author or self.rater,
+                classes=cur.classes[suffix],
+                edits=edits,
+                extra={
+                    "Task": self.plan.spec.id,
+                    "TimeSpentSeconds": spent,
+                    "Tool": "napari-spineseg cohort review",
+                },
+            )
+            sidecar.write(path, extend_sidecar(sidecar.read(path), record))
+            cur.labels[suffix] = data.copy()
+            written.append(path)
+        self._update(cur.case, status="corrected", rater=author or self.rater)
+        return written
+
+    def approve(self) -> None:
+        """Mark the current case approved (by this rater)."""
+        cur = self._require()
+        self._update(cur.case, status="approved", rater=self.rater)
+
+    def set_status(self, i: int, status: str) -> None:
+        """Set a case's status by hand (one of :data:`STATUSES`)."""
+        if status not in STATUSES:
+            raise SpinesegError(f"status {status!r}: use one of {', '.join(STATUSES)}")
+        self._update(self.cases[i], status=status)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The table (one dict per case), refreshed from the file."""
+        self._refresh_from_disk()
+        return [c.row() for c in self.cases]
+
+
+def _guess_deriv(images: list[Path], yaml_path: Path) -> Path:
+    """``<raw root>/derivatives/spineseg`` of the YAML's first image (BIDS convention)."""
+    for image in images:
+        for parent in image.parents:
+            if (parent / "dataset_description.json").is_file() and parent.name != "anat":
+                guess = parent / "derivatives" / "spineseg"
+                if (guess / bids.STATE_DIR / bids.PLAN_JSON).is_file():
+                    return guess
+                break
+    raise SpinesegError(
+        f"{yaml_path}: cannot tell which derivatives folder its images belong to; "
+        "pass it: cohort(viewer, YAML, deriv=DERIV)"
+    )
