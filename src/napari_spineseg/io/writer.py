@@ -194,6 +194,9 @@ def _mask_image(arr: np.ndarray, source: Volume, descrip: str | None):
         hdr = hdr.as_byteswapped("<")
     hdr.quaternion_threshold = QUATERNION_THRESHOLD
     hdr.set_data_shape(arr.shape)
+    # set_data_shape resets pixdim beyond the rank to 1: a 2D source keeps its slice
+    # thickness (pixdim[3]), which its qform uses.
+    hdr["pixdim"][1:4] = src_hdr["pixdim"][1:4]
     hdr.set_data_dtype(arr.dtype)
     hdr.set_slope_inter(1.0, 0.0)
     hdr.set_intent(NIFTI_INTENT_LABEL, name="label")
@@ -225,8 +228,7 @@ def _verify(tmp: Path, arr: np.ndarray, source: Volume) -> None:
     for name in GEOMETRY_FIELDS:
         if not np.array_equal(back.header[name], source.header[name]):
             problems.append(name)
-    n = min(len(arr.shape), 3)
-    if not np.array_equal(back.header["pixdim"][: n + 1], source.header["pixdim"][: n + 1]):
+    if not np.array_equal(back.header["pixdim"][:4], source.header["pixdim"][:4]):
         problems.append("pixdim")
     slope, inter = back.dataobj.slope, back.dataobj.inter
     if slope != 1 or inter != 0:
