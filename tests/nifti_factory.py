@@ -324,6 +324,14 @@ def _bad_time_unit_4d(folder: Path) -> Path:
     return write(folder / "bad_time_unit.nii.gz", raw_nifti(d, hdr))
 
 
+def _gzip_crc(folder: Path) -> Path:
+    """The voxels decode but the gzip CRC says they are not what was written."""
+    d = noisy()
+    payload = bytearray(gzip.compress(raw_nifti(d, raw_header(d)), mtime=0))
+    payload[-8] ^= 0xFF
+    return write(folder / "bad_crc.nii.gz", bytes(payload), gz=False)
+
+
 REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "truncated .nii.gz": (_truncated_gz, ("truncated",)),
     "truncated .nii": (_truncated_nii, ("truncated", "expected")),
@@ -368,6 +376,7 @@ REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "NaN pixdim with a valid sform": (_nan_pixdim_with_sform, ("pixdim[3] is nan",)),
     "inf pixdim with a valid sform": (_inf_pixdim_with_sform, ("pixdim[1] is inf",)),
     "NaN quaternion": (_nan_quaternion, ("quatern_b", "nan")),
+    "gzip CRC damaged": (_gzip_crc, ("corrupt gzip stream", "crc check failed")),
 }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
 from ..errors import GeometryWarning, NiftiError
 from . import checks
@@ -297,11 +298,14 @@ def _read_data(path: Path | None, img) -> np.ndarray:
         dataobj = img.dataobj
         slope = getattr(dataobj, "slope", 1.0)
         inter = getattr(dataobj, "inter", 0.0)
-        if not isinstance(dataobj, np.ndarray) and (slope != 1 or inter != 0):
+        scaled = not isinstance(dataobj, np.ndarray) and (slope != 1 or inter != 0)
+        if path is not None and _is_gzip_proxy(dataobj, path):
+            data = _read_gzip_array(path, dataobj)
+            if scaled:  # as nibabel's get_fdata(dtype=float32) computes it
+                data = apply_read_scaling(data, slope, inter).astype(np.float32, copy=False)
+        elif scaled:
             # Scaled integers: float32 is enough and half the memory of nibabel's float64.
             data = img.get_fdata(dtype=np.float32)
-        elif path is not None and _is_gzip_proxy(dataobj, path):
-            data = _read_gzip_array(path, dataobj)
         else:
             data = np.asanyarray(dataobj)
     except MemoryError:
@@ -359,7 +363,24 @@ def _read_gzip_array(path: Path, dataobj) -> np.ndarray:
             if not got:
                 raise EOFError(f"Expected {total} bytes of voxel data, got {pos}")
             pos += got
+        _check_gzip_trailer(fh)
     return data
+
+
+def _check_gzip_trailer(fh) -> None:
+    """Read to the end of the stream: gzip checks its CRC and length only there.
+
+    Without this, a damaged deflate block that still decodes would be shown as voxels.
+    Data after the last gzip member (zero padding, other bytes) is ignored, as gunzip does.
+    """
+    import gzip
+
+    try:
+        while fh.read(GZIP_CHUNK):
+            pass
+    except gzip.BadGzipFile as exc:
+        if "Not a gzipped file" not in str(exc):
+            raise OSError(f"corrupt gzip stream ({exc})") from None
 
 
 def _sample(data: np.ndarray, max_items: int = 2_000_000) -> np.ndarray:
