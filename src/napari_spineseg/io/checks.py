@@ -3,10 +3,13 @@
 nibabel is permissive and ITK-based tools are more so (they open truncated files as
 zero-filled images, and files with a bad magic as ANALYZE with no orientation). A
 segmentation tool must never show a silently wrong image, so every file goes through
-:func:`sniff` (bytes on disk: compression, magic, size) and :func:`header_findings`
-(geometry that other tools would interpret differently). Problems that make the image
-wrong raise :class:`~napari_spineseg.errors.NiftiError`; problems that only make other
-tools disagree become warnings attached to the volume.
+:func:`sniff` (bytes on disk: compression, magic, dims, datatype/bitpix, vox_offset,
+size, all before nibabel allocates anything), :func:`check_header` (fields nibabel parsed:
+NaN/inf, units, quaternion, degenerate or implausible voxel axes) and
+:func:`header_findings` (geometry that other tools would interpret differently).
+Problems that make the image wrong or unusable raise
+:class:`~napari_spineseg.errors.NiftiError` naming the file, the field and the fix;
+problems that only make other tools disagree become warnings attached to the volume.
 """
 
 from __future__ import annotations
@@ -81,7 +84,7 @@ class Sniffed:
     compressed: bool
     version: int  # 1 or 2
     endian: str  # "<" or ">"
-    expected_bytes: int | None  # vox_offset + data size (uncompressed), when computable
+    expected_bytes: int  # vox_offset + data size (uncompressed)
     #: raw (scl_slope, scl_inter): nibabel resets them to NaN in ``img.header`` on load
     scaling: tuple[float, float] | None = None
 

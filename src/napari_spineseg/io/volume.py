@@ -5,8 +5,11 @@ affine untouched, and the path. Display order is a view computed by
 :class:`~napari_spineseg.io.geometry.DisplayGeometry`; masks are written with the source
 header (:func:`~napari_spineseg.io.writer.save_labels`), so nothing is re-derived.
 Uncompressed ``.nii`` files are memory-mapped (opening a multi-GB file costs no RAM);
-``.nii.gz`` has to be decompressed and is read once, eagerly, so corruption surfaces at
-open time and never later inside the viewer.
+``.nii.gz`` has to be decompressed and is read once, eagerly, to the end of the stream
+(so the gzip CRC is checked), so corruption surfaces at open time and never later inside
+the viewer. Headers are checked before anything is allocated (:mod:`.checks`): a file
+either loads with a finite, invertible geometry or is refused with a :class:`NiftiError`
+that names the file, the field and the fix.
 """
 
 from __future__ import annotations
