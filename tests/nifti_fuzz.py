@@ -49,6 +49,10 @@ SEEDS = {
     "dmri": ("dmri/dmri.nii.gz", (slice(10, 22), slice(10, 22), slice(0, 4), slice(0, 3))),
     "mt1": ("mt/mt1.nii.gz", (slice(20, 32), slice(20, 32), slice(0, 4))),
 }
+#: Re-encoded seeds for the byte-level mutations: (source seed, how it is written).
+VARIANTS = {"t2-nifti2": ("t2", "nifti2"), "t2s-bigendian": ("t2s", "big-endian")}
+#: Seeds whose header has the NIfTI-1 little-endian layout of HEADER_FIELDS.
+HEADER_SEEDS = tuple(SEEDS)
 
 #: (name, byte offset, struct format) of every numeric field of the NIfTI-1 header,
 #: one entry per array element (dim[0]...dim[7], pixdim[0]...pixdim[7], srow_x[0]...).
@@ -115,21 +119,28 @@ def seed_files(folder: Path) -> dict[str, bytes]:
         src = SCT_DATA / rel
         if not src.exists():
             continue
-        cached = folder / f"seed_{name}.nii"
-        if not cached.exists():
-            img = nib.load(str(src))
-            data = np.asanyarray(img.dataobj)[crop]
-            hdr = img.header.copy()
-            hdr.set_data_shape(data.shape)
-            hdr["vox_offset"] = 352
-            hdr.extensions.clear()
-            block = hdr.binaryblock
-            payload = block + b"\x00" * 4 + np.asarray(data, hdr.get_data_dtype()).tobytes("F")
-            tmp = cached.with_suffix(".tmp")
-            tmp.write_bytes(payload)
-            os.replace(tmp, cached)
-        out[name] = cached.read_bytes()
+        img = nib.load(str(src))
+        data = np.asanyarray(img.dataobj)[crop]
+        hdr = img.header.copy()
+        hdr.set_data_shape(data.shape)
+        hdr.extensions.clear()
+        out[name] = _encode(hdr, data)
+        for variant, (base, how) in VARIANTS.items():
+            if base == name:
+                if how == "nifti2":
+                    out[variant] = _encode(nib.Nifti2Header.from_header(hdr), data)
+                else:
+                    out[variant] = _encode(hdr.as_byteswapped(">"), data)
     return out
+
+
+def _encode(hdr, data: np.ndarray) -> bytes:
+    """Single-file NIfTI bytes: header, empty extension flag, voxels in the header's order."""
+    hdr = hdr.copy()
+    offset = 352 if len(hdr.binaryblock) == 348 else 544
+    hdr["vox_offset"] = offset
+    voxels = np.asarray(data, hdr.get_data_dtype()).tobytes("F")  # header's byte order
+    return hdr.binaryblock + b"\x00" * (offset - len(hdr.binaryblock)) + voxels
 
 
 # ------------------------------------------------------------------------ mutations
