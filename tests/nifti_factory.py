@@ -332,6 +332,13 @@ def _gzip_crc(folder: Path) -> Path:
     return write(folder / "bad_crc.nii.gz", bytes(payload), gz=False)
 
 
+def _slices_of_600mm(folder: Path) -> Path:
+    """Wider than any scanner's field of view (found by the fuzzer: segmenting such a grid
+    at the model's 0.8 mm took minutes instead of being refused)."""
+    d = phantom()
+    return write_image(folder / "600mm.nii.gz", d, oblique_affine((0.8, 0.9, 600.0)))
+
+
 REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "truncated .nii.gz": (_truncated_gz, ("truncated",)),
     "truncated .nii": (_truncated_nii, ("truncated", "expected")),
@@ -371,6 +378,7 @@ REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
         ("datatype code 999",),
     ),
     "voxel size 1e38 mm, qform only": (_huge_voxels_qform_only, ("1e+38 mm", "degenerate")),
+    "slices of 600 mm": (_slices_of_600mm, ("voxel axis 3 a length of 600 mm", "500 mm")),
     "zero column in the sform": (_zero_sform_column, ("length of 0 mm", "singular")),
     "coplanar sform axes": (_coplanar_sform, ("coplanar", "singular")),
     "NaN pixdim with a valid sform": (_nan_pixdim_with_sform, ("pixdim[3] is nan",)),

@@ -54,9 +54,10 @@ MAX_DEFLATE_RATIO = 1032
 
 #: Voxel sizes (mm) outside this range are implausible for MRI: loaded with a warning.
 PLAUSIBLE_VOXEL_MM = (1e-3, 100.0)
-#: Voxel sizes (mm) outside this range are refused: no image has them, and resampling
-#: such a grid for a model would need absurd memory (1 nm ... 10 m).
-POSSIBLE_VOXEL_MM = (1e-6, 1e4)
+#: Voxel sizes (mm) outside this range are refused: 1 nm, or larger than the field of
+#: view of any scanner (50 cm). Models resample to their voxel size, so a grid of 10 m
+#: voxels would take hours and tens of GB to segment instead of being refused.
+POSSIBLE_VOXEL_MM = (1e-6, 500.0)
 #: |det| / product of the column lengths below which the voxel axes are (nearly)
 #: coplanar: the grid has no well-defined 3D geometry (a zero or repeated column).
 MIN_AXIS_INDEPENDENCE = 1e-3
