@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -233,6 +234,111 @@ def _nan_affine(folder: Path) -> Path:
     return write(folder / "nan_affine.nii", raw_nifti(d, hdr))
 
 
+def _raw_patch(name: str, offset: int, fmt: str, value, **fields) -> Callable[[Path], Path]:
+    """A valid phantom file whose raw header bytes at ``offset`` are overwritten."""
+
+    def build(folder: Path) -> Path:
+        d = phantom()
+        payload = bytearray(raw_nifti(d, raw_header(d, **fields)))
+        payload[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+        return write(folder / name, bytes(payload))
+
+    return build
+
+
+def _bad_quaternion_only(folder: Path) -> Path:
+    d = phantom()
+    hdr = raw_header(d, sform_code=0)
+    hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"] = 0.9, 0.9, 0.0  # b²+c²+d² = 1.62
+    return write(folder / "badquat_qonly.nii.gz", raw_nifti(d, hdr))
+
+
+def _nifti2_dim0(folder: Path) -> Path:
+    d = phantom()
+    payload = bytearray(raw_nifti(d, raw_header(d, cls=nib.Nifti2Header)))
+    payload[16:24] = struct.pack("<q", -1)
+    return write(folder / "two_dim0.nii.gz", bytes(payload))
+
+
+def _claims_huge_gz(folder: Path) -> Path:
+    """A 400-byte .nii.gz whose header claims 30000³ int16 voxels (54 TB)."""
+    d = phantom()
+    payload = bytearray(raw_nifti(d, raw_header(d)))
+    payload[40:56] = struct.pack("<8h", 3, 30000, 30000, 30000, 1, 1, 1, 1)
+    return write(folder / "huge_claim.nii.gz", bytes(payload))
+
+
+def _huge_voxels_qform_only(folder: Path) -> Path:
+    d = phantom()
+    hdr = raw_header(d, sform_code=0)
+    hdr["pixdim"][1:4] = [1e38, 1e38, 1e38]
+    return write(folder / "huge_voxels.nii.gz", raw_nifti(d, hdr))
+
+
+def _zero_sform_column(folder: Path) -> Path:
+    """Column k=2 of the sform is zero (reported as 'oblique, 90 degrees' before)."""
+    d = phantom()
+    hdr = raw_header(d, qform_code=0, sform_code=1)
+    for row in ("srow_x", "srow_y", "srow_z"):
+        values = np.array(hdr[row])
+        values[2] = 0.0
+        hdr[row] = values
+    return write(folder / "zero_column.nii.gz", raw_nifti(d, hdr))
+
+
+def _coplanar_sform(folder: Path) -> Path:
+    """Columns 1 and 2 of the sform are the same direction: a flat, singular grid."""
+    d = phantom()
+    hdr = raw_header(d, qform_code=0, sform_code=1)
+    hdr["srow_x"] = [0.8, 0.0, 0.0, 1.0]
+    hdr["srow_y"] = [0.0, 0.9, 0.9, 2.0]
+    hdr["srow_z"] = [0.0, 0.0, 1e-6, 3.0]
+    return write(folder / "coplanar.nii.gz", raw_nifti(d, hdr))
+
+
+def _nan_pixdim_with_sform(folder: Path) -> Path:
+    d = phantom()
+    hdr = raw_header(d, qform_code=0)
+    hdr["pixdim"][3] = np.nan
+    return write(folder / "nan_pixdim.nii.gz", raw_nifti(d, hdr))
+
+
+def _inf_pixdim_with_sform(folder: Path) -> Path:
+    d = phantom()
+    hdr = raw_header(d, qform_code=0)
+    hdr["pixdim"][1] = np.inf
+    return write(folder / "inf_pixdim.nii.gz", raw_nifti(d, hdr))
+
+
+def _nan_quaternion(folder: Path) -> Path:
+    d = phantom()
+    hdr = raw_header(d)
+    hdr["quatern_b"] = np.nan
+    return write(folder / "nan_quaternion.nii.gz", raw_nifti(d, hdr))
+
+
+def _bad_time_unit_4d(folder: Path) -> Path:
+    d = phantom(shape=(*PHANTOM_SHAPE, 2))
+    hdr = raw_header(d)
+    hdr["xyzt_units"] = 2 | 56
+    return write(folder / "bad_time_unit.nii.gz", raw_nifti(d, hdr))
+
+
+def _gzip_crc(folder: Path) -> Path:
+    """The voxels decode but the gzip CRC says they are not what was written."""
+    d = noisy()
+    payload = bytearray(gzip.compress(raw_nifti(d, raw_header(d)), mtime=0))
+    payload[-8] ^= 0xFF
+    return write(folder / "bad_crc.nii.gz", bytes(payload), gz=False)
+
+
+def _slices_of_600mm(folder: Path) -> Path:
+    """Wider than any scanner's field of view (found by the fuzzer: segmenting such a grid
+    at the model's 0.8 mm took minutes instead of being refused)."""
+    d = phantom()
+    return write_image(folder / "600mm.nii.gz", d, oblique_affine((0.8, 0.9, 600.0)))
+
+
 REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "truncated .nii.gz": (_truncated_gz, ("truncated",)),
     "truncated .nii": (_truncated_nii, ("truncated", "expected")),
@@ -251,6 +357,34 @@ REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "RGB24": (_rgb24, ("rgb",)),
     "5D warping field": (_five_d, ("5d",)),
     "NaN in the affine": (_nan_affine, ("nan",)),
+    "qform not a rotation, no sform": (_bad_quaternion_only, ("not a rotation", "no sform")),
+    "vox_offset inf": (_raw_patch("vox_inf.nii.gz", 108, "<f", np.inf), ("vox_offset = inf",)),
+    "vox_offset NaN": (_raw_patch("vox_nan.nii.gz", 108, "<f", np.nan), ("vox_offset = nan",)),
+    "vox_offset 0": (_raw_patch("vox_zero.nii", 108, "<f", 0.0), ("vox_offset = 0", "352")),
+    "xyzt_units spatial code 7": (
+        _raw_patch("units7.nii.gz", 123, "<B", 7 | 8),
+        ("xyzt_units = 15", "spatial unit code 7", "set_xyzt_units"),
+    ),
+    "xyzt_units time code 56, 4D": (_bad_time_unit_4d, ("time unit code 56",)),
+    "NIfTI-2 dim[0] = -1": (_nifti2_dim0, ("dim[0] = -1", "1 to 7")),
+    "dim claims 54 TB in a .nii.gz": (_claims_huge_gz, ("claims", "can hold at most", "dim")),
+    "zero dimension": (_raw_patch("dim_zero.nii", 44, "<h", 0), ("dim[2] = 0",)),
+    "datatype uint8, bitpix 16": (
+        _raw_patch("bitpix.nii.gz", 70, "<h", 2),
+        ("datatype 2 has 8 bits", "bitpix says 16"),
+    ),
+    "unknown datatype code": (
+        _raw_patch("dtype999.nii.gz", 70, "<h", 999),
+        ("datatype code 999",),
+    ),
+    "voxel size 1e38 mm, qform only": (_huge_voxels_qform_only, ("1e+38 mm", "degenerate")),
+    "slices of 600 mm": (_slices_of_600mm, ("voxel axis 3 a length of 600 mm", "500 mm")),
+    "zero column in the sform": (_zero_sform_column, ("length of 0 mm", "singular")),
+    "coplanar sform axes": (_coplanar_sform, ("coplanar", "singular")),
+    "NaN pixdim with a valid sform": (_nan_pixdim_with_sform, ("pixdim[3] is nan",)),
+    "inf pixdim with a valid sform": (_inf_pixdim_with_sform, ("pixdim[1] is inf",)),
+    "NaN quaternion": (_nan_quaternion, ("quatern_b", "nan")),
+    "gzip CRC damaged": (_gzip_crc, ("corrupt gzip stream", "crc check failed")),
 }
 
 
@@ -362,6 +496,32 @@ def _dtype(dtype) -> Callable[[Path], tuple[Path, np.ndarray]]:
     return build
 
 
+def _zero_pixdim_with_sform(folder: Path):
+    """nibabel reads a zero pixdim as 1 (its documented fix); the sform places the voxels."""
+    d = phantom()
+    hdr = raw_header(d, qform_code=0)
+    hdr["pixdim"][2] = 0.0
+    return write(folder / "zero_pixdim.nii.gz", raw_nifti(d, hdr)), d
+
+
+def _bad_quaternion_with_sform(folder: Path):
+    """b²+c²+d² = 1.62: no rotation; the sform is valid and places the image."""
+    d = phantom()
+    hdr = raw_header(d)
+    hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"] = 0.9, 0.9, 0.0
+    return write(folder / "badquat_sform.nii.gz", raw_nifti(d, hdr)), d
+
+
+def _tiny_voxels(folder: Path):
+    d = phantom()
+    return write_image(folder / "tiny.nii.gz", d, oblique_affine((5e-4, 5e-4, 5e-4))), d
+
+
+def _big_voxels(folder: Path):
+    d = phantom()
+    return write_image(folder / "big.nii.gz", d, oblique_affine((0.8, 0.9, 150.0))), d
+
+
 LOADED: dict[str, tuple[Callable[[Path], tuple[Path, np.ndarray]], tuple[str, ...]]] = {
     "q/s differ 1e-4 mm": (_qs_shift(1e-4), ()),
     "q/s differ 0.01 mm": (_qs_shift(0.01), ("qform and sform differ",)),
@@ -374,6 +534,13 @@ LOADED: dict[str, tuple[Callable[[Path], tuple[Path, np.ndarray]], tuple[str, ..
     "scl_slope 2.5 inter -10": (_slope, ()),
     "NaN and Inf voxels": (_nan_inf, ("nan or infinite",)),
     "almost-unit quaternion": (_quaternion, ()),
+    "qform not a rotation, valid sform": (
+        _bad_quaternion_with_sform,
+        ("not a rotation", "using the sform"),
+    ),
+    "zero pixdim with a valid sform": (_zero_pixdim_with_sform, ("voxel size differs",)),
+    "voxels of 0.5 µm": (_tiny_voxels, ("implausible voxel size", "0.0005")),
+    "slices of 150 mm": (_big_voxels, ("implausible voxel size", "150")),
     "ni1 magic in a .nii": (_ni1, ()),
     "big-endian": (_big_endian, ()),
     "NIfTI-2": (_nifti2, ()),

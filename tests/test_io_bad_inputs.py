@@ -154,3 +154,29 @@ def test_file_over_2_gib_is_memory_mapped_not_read(tmp_path):
         del vol, display
     finally:
         path.unlink()
+
+
+def test_gz_claiming_more_voxels_than_it_holds_never_allocates_them(tmp_path):
+    """Within deflate's 1032:1 bound the claim cannot be refused up front: the voxels are
+    decompressed into an array whose untouched pages cost nothing, so memory stays at
+    what the file really holds, and the shortfall is reported as truncation."""
+    import gzip
+    import struct
+
+    data = fx.noisy()  # incompressible: the .nii.gz is about as large as its voxels
+    payload = bytearray(fx.raw_nifti(data, fx.raw_header(data)))
+    size = len(gzip.compress(bytes(payload), mtime=0))
+    claimed = (40, 30, int(900 * size / (40 * 30 * 2)))  # ~900x the file, under the bound
+    payload[40:56] = struct.pack("<8h", 3, *claimed, 1, 1, 1, 1)
+    path = fx.write(tmp_path / "claims_more.nii.gz", bytes(payload))
+    proc = psutil.Process()
+    rss0 = proc.memory_info().rss
+    with pytest.raises(NiftiError, match="truncated or corrupt") as info:
+        load(path)
+    assert str(path) in str(info.value)
+    grown = proc.memory_info().rss - rss0
+    claimed_bytes = int(np.prod(claimed)) * 2
+    assert claimed_bytes > 30 << 20
+    assert grown < claimed_bytes // 4, (
+        f"RSS grew by {grown >> 20} MB for a {claimed_bytes >> 20} MB claim"
+    )

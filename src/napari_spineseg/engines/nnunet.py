@@ -468,6 +468,7 @@ class NnunetModel:
         report(_PREPROCESS[0], "preprocessing")
         preprocessor = p.configuration_manager.preprocessor_class(verbose=False)
         props = {"spacing": [float(s) for s in spacing_zyx]}
+        _check_resampled_shape(data_czyx.shape[1:], props["spacing"], p)
         data, _, props = preprocessor.run_case_npy(
             data_czyx, None, props, p.plans_manager, p.configuration_manager, p.dataset_json
         )
@@ -602,4 +603,27 @@ class NnunetModel:
             groups={"labels": dict(self.groups)},
             probabilities=probabilities,
             info=info,
+        )
+
+
+#: Largest grid (voxels) a model may resample an image to: beyond, the voxel size in the
+#: header is almost certainly wrong (and the run would need tens of GB).
+MAX_RESAMPLED_VOXELS = 1 << 30
+
+
+def _check_resampled_shape(shape_zyx, spacing_zyx, predictor) -> None:
+    """Refuse, before nnU-Net allocates, a grid that resamples to nothing or to an absurd size."""
+    order = list(predictor.plans_manager.transpose_forward)
+    shape = [int(shape_zyx[i]) for i in order]
+    spacing = [float(spacing_zyx[i]) for i in order]
+    target = [float(v) for v in predictor.configuration_manager.spacing]
+    if len(target) < len(spacing):  # 2D: the spacing between slices is kept
+        target = [spacing[0], *target]
+    new = [int(round(sp / t * n)) for sp, t, n in zip(spacing, target, shape, strict=True)]
+    if min(new) < 1 or float(np.prod(new, dtype=np.float64)) > MAX_RESAMPLED_VOXELS:
+        target_mm = tuple(round(v, 6) for v in target)
+        raise TaskError(
+            f"the model resamples images to {target_mm} mm voxels: this image "
+            f"({tuple(shape)} voxels of {tuple(round(v, 6) for v in spacing)} mm) would become "
+            f"{tuple(new)} voxels. Check the voxel size in the image header"
         )

@@ -5,8 +5,11 @@ affine untouched, and the path. Display order is a view computed by
 :class:`~napari_spineseg.io.geometry.DisplayGeometry`; masks are written with the source
 header (:func:`~napari_spineseg.io.writer.save_labels`), so nothing is re-derived.
 Uncompressed ``.nii`` files are memory-mapped (opening a multi-GB file costs no RAM);
-``.nii.gz`` has to be decompressed and is read once, eagerly, so corruption surfaces at
-open time and never later inside the viewer.
+``.nii.gz`` has to be decompressed and is read once, eagerly, to the end of the stream
+(so the gzip CRC is checked), so corruption surfaces at open time and never later inside
+the viewer. Headers are checked before anything is allocated (:mod:`.checks`): a file
+either loads with a finite, invertible geometry or is refused with a :class:`NiftiError`
+that names the file, the field and the fix.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
 from ..errors import GeometryWarning, NiftiError
 from . import checks
@@ -131,16 +135,31 @@ class Volume:
         data = np.asarray(data).reshape(self.geometry.file_shape)
         hdr = self.header.copy()
         hdr.set_data_shape(data.shape)
+        hdr["pixdim"][1:4] = self._model_zooms()
         hdr.set_slope_inter(1, 0)
         if data.dtype.kind not in "iuf" or data.dtype.itemsize > 8:
             data = data.astype(np.float32)
         hdr.set_data_dtype(data.dtype)
-        # Pass the affine explicitly: with affine=None nibabel leaves ``img.affine`` unset,
-        # and models only need the geometry (the saved masks use the source header).
-        img = type(self.nifti)(data, self.affine, header=hdr)
-        img.header.set_qform(self.header.get_qform(), int(self.header["qform_code"]))
-        img.header.set_sform(self.header.get_sform(), int(self.header["sform_code"]))
-        return img
+        # Models (and the nibabel code they run) re-read this header with nibabel's strict
+        # quaternion check: give them a clean qform (the saved masks use the source header).
+        if checks.qform_is_invalid(self.header, QUATERNION_THRESHOLD):
+            hdr["qform_code"] = 0  # not a rotation: the loader placed the image by its sform
+        elif int(self.header["qform_code"]) > 0:
+            hdr.set_qform(self.header.get_qform(), int(self.header["qform_code"]))
+        # Pass the affine explicitly: with affine=None nibabel leaves ``img.affine`` unset.
+        return type(self.nifti)(data, self.affine, header=hdr)
+
+    def _model_zooms(self) -> np.ndarray:
+        """pixdim[1:4] for models: the file's, except a 2D file's unusable slice thickness.
+
+        ``load`` checks the in-plane sizes; the 3rd of a 2D file only matters to models,
+        which get the affine's length of that axis when pixdim[3] is not a usable size.
+        """
+        zooms = np.asarray(self.header["pixdim"][1:4], dtype=np.float64).copy()
+        lo, hi = checks.POSSIBLE_VOXEL_MM
+        if self.ndim_spatial == 2 and not lo <= zooms[2] <= hi:
+            zooms[2] = float(np.sqrt((np.asarray(self.affine)[:3, 2] ** 2).sum()))
+        return zooms
 
     def looks_like_labels(self) -> bool:
         """Heuristic of the reader: should this file open as a Labels layer?
@@ -176,13 +195,16 @@ def load(path: str | os.PathLike) -> Volume:
     try:
         img = read_nifti(p, mmap="c" if not sniffed.compressed else False)
     except Exception as exc:  # nibabel raises many types for broken files
+        if "w2 should be positive" in str(exc):  # qform-only, quaternion not a rotation
+            raise NiftiError(
+                p,
+                "the qform quaternion is not a rotation (b²+c²+d² > 1, corrupt qform) and "
+                f"there is no sform to use instead; {checks.FIX_WITH_NIBABEL}",
+            ) from None
         raise NiftiError(p, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise NiftiError(p, f"not a NIfTI image ({type(img).__name__})")
     img.header.quaternion_threshold = QUATERNION_THRESHOLD
-    problem = checks.datatype_problem(int(img.header["datatype"]))
-    if problem:
-        raise NiftiError(p, f"unsupported {problem}")
     shape = img.shape
     if len(shape) > 4:
         raise NiftiError(
@@ -194,18 +216,13 @@ def load(path: str | os.PathLike) -> Volume:
         log.info("%s: 4D with a single volume, treated as 3D", p)
     if min(shape) < 1:
         raise NiftiError(p, f"empty dimension in shape {shape}")
-    found: list[str] = []
+    found = checks.check_header(p, img, QUATERNION_THRESHOLD)  # raises if unusable
     try:
-        affine = img.affine
-    except Exception as exc:
-        raise NiftiError(p, f"invalid orientation in header ({exc})") from None
-    if not np.all(np.isfinite(affine)):
-        raise NiftiError(p, "orientation matrix contains NaN or Inf")
-    try:
-        geometry = DisplayGeometry.from_affine(affine, shape[: min(len(shape), 3)])
+        geometry = DisplayGeometry.from_affine(img.affine, shape[: min(len(shape), 3)])
     except ValueError as exc:
         raise NiftiError(p, str(exc)) from None
-    found += checks.header_findings(img, raw_scaling=sniffed.scaling)
+    qform_valid = not checks.qform_is_invalid(img.header, QUATERNION_THRESHOLD)
+    found += checks.header_findings(img, raw_scaling=sniffed.scaling, qform_valid=qform_valid)
     sibling = checks.sibling_of(p)
     if sibling.exists():
         found.append(
@@ -284,13 +301,23 @@ def _read_data(path: Path | None, img) -> np.ndarray:
         dataobj = img.dataobj
         slope = getattr(dataobj, "slope", 1.0)
         inter = getattr(dataobj, "inter", 0.0)
-        if not isinstance(dataobj, np.ndarray) and (slope != 1 or inter != 0):
+        scaled = not isinstance(dataobj, np.ndarray) and (slope != 1 or inter != 0)
+        if path is not None and _is_gzip_proxy(dataobj, path):
+            data = _read_gzip_array(path, dataobj)
+            if scaled:  # as nibabel's get_fdata(dtype=float32) computes it
+                data = apply_read_scaling(data, slope, inter).astype(np.float32, copy=False)
+        elif scaled:
             # Scaled integers: float32 is enough and half the memory of nibabel's float64.
             data = img.get_fdata(dtype=np.float32)
-        elif path is not None and _is_gzip_proxy(dataobj, path):
-            data = _read_gzip_array(path, dataobj)
         else:
             data = np.asanyarray(dataobj)
+    except MemoryError:
+        need = int(np.prod(img.shape)) * np.dtype(img.get_data_dtype()).itemsize
+        raise NiftiError(
+            path,
+            f"not enough memory to read its {need / 2**30:.3g} GiB of voxels "
+            f"(shape {img.shape}); use a machine with more memory, or crop the image first",
+        ) from None
     except (EOFError, OSError, zlib.error, ValueError) as exc:
         msg = str(exc)
         if isinstance(exc, EOFError) or "Expected" in msg or "end-of-stream" in msg:
@@ -339,7 +366,24 @@ def _read_gzip_array(path: Path, dataobj) -> np.ndarray:
             if not got:
                 raise EOFError(f"Expected {total} bytes of voxel data, got {pos}")
             pos += got
+        _check_gzip_trailer(fh)
     return data
+
+
+def _check_gzip_trailer(fh) -> None:
+    """Read to the end of the stream: gzip checks its CRC and length only there.
+
+    Without this, a damaged deflate block that still decodes would be shown as voxels.
+    Data after the last gzip member (zero padding, other bytes) is ignored, as gunzip does.
+    """
+    import gzip
+
+    try:
+        while fh.read(GZIP_CHUNK):
+            pass
+    except gzip.BadGzipFile as exc:
+        if "Not a gzipped file" not in str(exc):
+            raise OSError(f"corrupt gzip stream ({exc})") from None
 
 
 def _sample(data: np.ndarray, max_items: int = 2_000_000) -> np.ndarray:

@@ -235,6 +235,9 @@ def _mask_image(arr: np.ndarray, source: Volume, descrip: str | None):
         hdr = hdr.as_byteswapped("<")
     hdr.quaternion_threshold = QUATERNION_THRESHOLD
     hdr.set_data_shape(arr.shape)
+    # set_data_shape resets pixdim beyond the rank to 1: a 2D source keeps its slice
+    # thickness (pixdim[3]), which its qform uses.
+    hdr["pixdim"][1:4] = src_hdr["pixdim"][1:4]
     hdr.set_data_dtype(arr.dtype)
     hdr.set_slope_inter(1.0, 0.0)
     hdr.set_intent(NIFTI_INTENT_LABEL, name="label")
@@ -274,8 +277,8 @@ def _verify(tmp: Path, arr: np.ndarray, source: Volume, target: Path) -> None:
     for name in GEOMETRY_FIELDS:
         if not _same_bits(back.header[name], source.header[name]):
             problems.append(name)
-    n = min(len(arr.shape), 3)
-    if not _same_bits(back.header["pixdim"][: n + 1], source.header["pixdim"][: n + 1]):
+    # every pixdim of the grid is kept, also beyond the rank (a 2D source's slice thickness)
+    if not _same_bits(back.header["pixdim"][:4], source.header["pixdim"][:4]):
         problems.append("pixdim")
     if slope != 1 or inter != 0:
         problems.append("scaling")
