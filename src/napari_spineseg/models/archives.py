@@ -181,10 +181,12 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[Path]:
     with open_zip(archive) as zf:
         infos = zf.infolist()
         declared = _plan(archive, infos, target)
+        member = "(the model folder)"
         try:
             _mkdirs(target, created)
             total = 0
             for info in infos:
+                member = repr(info.filename)
                 dest = target.joinpath(*_parts(info))
                 if info.is_dir():
                     _mkdirs(dest, created)
@@ -192,6 +194,15 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[Path]:
                 _mkdirs(dest.parent, created)
                 total = _write_member(zf, info, dest, archive, total, declared, created)
                 written.append(dest)
+        except ModelNotInstalledError:
+            _remove(created)
+            raise
+        except OSError as exc:  # a folder name too long for this file system, a full disk...
+            _remove(created)
+            raise ModelNotInstalledError(
+                f"{archive}: member {member} cannot be extracted into {target} "
+                f"({exc.strerror or exc}); nothing was installed"
+            ) from exc
         except BaseException:
             _remove(created)
             raise
