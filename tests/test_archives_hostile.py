@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -151,6 +152,16 @@ def test_not_a_zip_and_not_a_regular_file(models, tmp_path):
     refused(models, html, "not a valid zip archive")
     with pytest.raises(ModelNotInstalledError, match="not a regular file or folder"):
         store.install("lesion_sci_t2", "/dev/zero", trust=True, log=None)  # would never end
+    fifo_dir = tmp_path / "releases"
+    fifo_dir.mkdir()
+    os.mkfifo(fifo_dir / "model_SCIsegV2_r20240729.zip")  # reading it would block forever
+    with pytest.raises(ModelNotInstalledError, match="contains neither a model folder nor"):
+        store.install("lesion_sci_t2", fifo_dir, trust=True, log=None)
+    lab = tmp_path / "lab"
+    shutil.copytree(Path(__file__).parent / "data" / "models" / "custom_2d", lab)
+    os.mkfifo(lab / "nnUNetTrainer__nnUNetPlans__2d" / "fifo")
+    with pytest.raises(ModelNotInstalledError, match="fifo is not a regular file"):
+        store.install("lesion_sci_t2", lab, trust=True, log=None)
     assert store_is_clean(models)
 
 

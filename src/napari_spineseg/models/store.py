@@ -254,7 +254,7 @@ def _local_sources(spec: TaskSpec, source: str | Path | Sequence[str | Path]) ->
         if p.is_dir() and not model_folders(p, spec.backend):
             zips = [p / s.filename for s in spec.sources if (p / s.filename).is_file()]
             if not zips:
-                zips = sorted(p.glob("*.zip"))
+                zips = sorted(z for z in p.glob("*.zip") if z.is_file())
             if not zips:
                 raise ModelNotInstalledError(
                     f"{p}: contains neither a model folder nor the release archive(s) "
