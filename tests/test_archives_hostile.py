@@ -196,6 +196,11 @@ def test_total_size_and_free_space_are_bounded(models, tmp_path, monkeypatch):
     monkeypatch.setattr(archives, "MAX_TOTAL_BYTES", 20 * 10**9)
     monkeypatch.setattr(archives, "_free_bytes", lambda folder: 100 << 20)
     refused(models, z, r"needs 0\.0 MB but only 104\.9 MB is free .*SPINESEG_MODELS_DIR")
+    with zipfile.ZipFile(z) as zf:
+        zf.extractall(tmp_path / "lab")
+    with pytest.raises(ModelNotInstalledError, match=r"lab: needs 0\.0 MB but only 104\.9 MB"):
+        store.install("lesion_sci_t2", tmp_path / "lab", trust=True, log=None)
+    assert store_is_clean(models)
 
 
 def test_headers_are_not_trusted_for_sizes(models, tmp_path, monkeypatch):
