@@ -171,6 +171,10 @@ def write_random_model(
             for i in range(len(norm))
         },
     }
+    from ..models.model_json import check_plans
+
+    # the same bounds the engine enforces: a folder written here always loads
+    check_plans(plans, str(folder / "plans.json"), fix="choose a patch_size/spacing in range")
     (folder / "dataset.json").write_text(json.dumps(dataset, indent=2))
     (folder / "plans.json").write_text(json.dumps(plans, indent=2))
 

@@ -158,14 +158,19 @@ def _plan(archive: Path, infos: list[zipfile.ZipInfo], target: Path) -> int:
             f"{_gb(size)} expand to {_gb(declared)} ({declared / size:,.0f}:1; real models "
             f"compress less than {MAX_RATIO}:1: a zip bomb?)"
         )
+    require_space(archive, declared, target)
+    return declared
+
+
+def require_space(source: Path, needed: int, target: Path) -> None:
+    """Refuse (before writing) when ``needed`` bytes would not fit on ``target``'s disk."""
     free = _free_bytes(target)
-    if declared + FREE_SPACE_RESERVE > free:
+    if needed + FREE_SPACE_RESERVE > free:
         raise ModelNotInstalledError(
-            f"{archive}: needs {_gb(declared)} but only {_gb(free)} is free on the disk of "
+            f"{source}: needs {_gb(needed)} but only {_gb(free)} is free on the disk of "
             f"{target} (keeping {_gb(FREE_SPACE_RESERVE)} spare); free some space or set "
             "SPINESEG_MODELS_DIR to a larger disk, then retry (nothing was installed)"
         )
-    return declared
 
 
 def safe_extract(archive: str | Path, target: str | Path) -> list[Path]:
@@ -181,10 +186,12 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[Path]:
     with open_zip(archive) as zf:
         infos = zf.infolist()
         declared = _plan(archive, infos, target)
+        member = "(the model folder)"
         try:
             _mkdirs(target, created)
             total = 0
             for info in infos:
+                member = repr(info.filename)
                 dest = target.joinpath(*_parts(info))
                 if info.is_dir():
                     _mkdirs(dest, created)
@@ -192,6 +199,15 @@ def safe_extract(archive: str | Path, target: str | Path) -> list[Path]:
                 _mkdirs(dest.parent, created)
                 total = _write_member(zf, info, dest, archive, total, declared, created)
                 written.append(dest)
+        except ModelNotInstalledError:
+            _remove(created)
+            raise
+        except OSError as exc:  # a folder name too long for this file system, a full disk...
+            _remove(created)
+            raise ModelNotInstalledError(
+                f"{archive}: member {member} cannot be extracted into {target} "
+                f"({exc.strerror or exc}); nothing was installed"
+            ) from exc
         except BaseException:
             _remove(created)
             raise

@@ -286,6 +286,8 @@ def _resolve(configs: Mapping, name: str) -> tuple[dict | None, str | None]:
         parent = cfg.get("inherits_from")
         if parent is None:
             break
+        if not isinstance(parent, str):
+            return None, f"inherits_from {json.dumps(parent)[:40]} is not a configuration name"
         current = parent
     merged: dict = {}
     for link in reversed(chain):

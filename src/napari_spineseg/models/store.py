@@ -36,11 +36,11 @@ from ..catalog import ModelSource, TaskSpec, custom_task, get_task
 from ..errors import ModelNotInstalledError, SpinesegError, TaskError, UntrustedModelError
 from ..progress import CancelToken, ProgressCallback, Reporter
 from .archives import (
-    FREE_SPACE_RESERVE,
     MAX_TOTAL_BYTES,
     expected_count,
     layout_problems,
     model_folders,
+    require_space,
     safe_extract,
     sha256_file,
 )
@@ -254,7 +254,7 @@ def _local_sources(spec: TaskSpec, source: str | Path | Sequence[str | Path]) ->
         if p.is_dir() and not model_folders(p, spec.backend):
             zips = [p / s.filename for s in spec.sources if (p / s.filename).is_file()]
             if not zips:
-                zips = sorted(p.glob("*.zip"))
+                zips = sorted(z for z in p.glob("*.zip") if z.is_file())
             if not zips:
                 raise ModelNotInstalledError(
                     f"{p}: contains neither a model folder nor the release archive(s) "
@@ -332,6 +332,9 @@ def install(
     return final
 
 
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
+
+
 def _store_folder(spec: TaskSpec) -> Path:
     """``task_dir(spec)``, refused unless it is a direct child of the store (``../x``)."""
     folder = task_dir(spec)
@@ -341,9 +344,6 @@ def _store_folder(spec: TaskSpec) -> Path:
             "(at most 100 characters, not starting with '.' or '-')"
         )
     return folder
-
-
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")
 
 
 def _require_totalspineseg(spec: TaskSpec) -> None:
@@ -478,12 +478,7 @@ def _copy_model_dir(src: Path, staged: Path, backend: str) -> None:
             f"{src}: refused: the folder holds {size / 1e9:.1f} GB, more than the "
             f"{MAX_TOTAL_BYTES / 1e9:.0f} GB any model needs; point to the model folder itself"
         )
-    free = shutil.disk_usage(staged).free
-    if size + FREE_SPACE_RESERVE > free:
-        raise ModelNotInstalledError(
-            f"{src}: needs {size / 1e6:.0f} MB but only {free / 1e6:.0f} MB is free on the "
-            f"disk of {staged}; free some space or set {ENV_MODELS_DIR} to a larger disk"
-        )
+    require_space(src, size, staged)
     shutil.copytree(src, staged / src.name, dirs_exist_ok=True)
 
 
