@@ -33,14 +33,16 @@ def test_interpolation_of_identical_slices_reproduces_the_shape():
     assert set(edit.indices[0].tolist()) == {2, 3, 4}
 
 
-def test_interpolation_moves_a_shape_instead_of_blending_it():
+@pytest.mark.parametrize("first", [0, 1])
+def test_interpolation_moves_a_shape_instead_of_blending_it(first):
     # a disk (r=4) moved by 4 columns: halfway, the same disk moved by 2. A voxel-wise
     # blend would give the union or the intersection of the end disks instead.
     yy, xx = np.mgrid[:21, :25]
-    lab = np.zeros((3, 21, 25), np.uint8)
-    lab[0][(yy - 10) ** 2 + (xx - 8) ** 2 <= 16] = 1
-    lab[2][(yy - 10) ** 2 + (xx - 12) ** 2 <= 16] = 1
-    out = apply_edit(lab, interpolate_between(lab, 1, 2, 0))  # either order
+    lab = np.zeros((first + 3, 21, 25), np.uint8)
+    lab[first][(yy - 10) ** 2 + (xx - 8) ** 2 <= 16] = 1
+    lab[first + 2][(yy - 10) ** 2 + (xx - 12) ** 2 <= 16] = 1
+    out = apply_edit(lab, interpolate_between(lab, 1, first + 2, first))[first:]  # either order
+    lab = lab[first:]
     mid = out[1] == 1
     moved = (yy - 10) ** 2 + (xx - 10) ** 2 <= 16
     ys, xs = np.nonzero(mid)
