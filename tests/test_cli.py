@@ -293,7 +293,7 @@ def test_debug_flag_is_accepted_before_and_after_the_command():
 
 def test_a_bug_is_one_line_that_says_how_to_report_it(monkeypatch, capsys):
     def broken(_args, _out):
-        raise ZeroDivisionError("division by zero in a place no check anticipated")
+        raise ZeroDivisionError("division by zero\nin a place no check anticipated")
 
     monkeypatch.setattr(cli, "_cmd_tasks", broken)
     assert cli.main(["tasks"]) == 1

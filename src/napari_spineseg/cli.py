@@ -651,13 +651,17 @@ def _os_error(exc: OSError) -> str:
 
 def _bug_report(exc: BaseException) -> str:
     """One line for an exception no check anticipated: it is our bug, not the user's."""
-    from .segmentation import CODE_URL
+    try:
+        from .segmentation import CODE_URL
 
+        tracker = f"{CODE_URL}/issues"
+    except Exception:  # the bug may be a broken install: still say what to do
+        tracker = "the napari-spineseg issue tracker"
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the message
     return (
-        f"internal error ({type(exc).__name__}: {exc}). This is a bug in napari-spineseg "
-        f"{__version__}, not a problem with your input: please report it at "
-        f"{CODE_URL}/issues with the command you ran and what it prints with --debug "
-        "(the traceback)"
+        f"internal error ({what}). This is a bug in napari-spineseg {__version__}, not a "
+        f"problem with your input: please report it at {tracker} with the command you ran "
+        "and what it prints with --debug (the traceback)"
     )
 
 
