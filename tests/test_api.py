@@ -202,3 +202,43 @@ def test_7t_task_end_to_end_on_4d_input(tmp_path):
         match="not read from a file, so there is no default output name; pass out=<path>",
     ):
         api.output_paths(ref)  # in-memory image: no default name
+
+
+#: catalog tasks whose release archive tests/release_server.py serves at its GitHub path
+#: (task -> key in tests/data/models/manifest.json)
+SERVED_RELEASES = {
+    "gm_wm_mouse_t1": "mouse_gm_wm",
+    "lesion_sci_t2": "sci_lesion",
+    "rootlets": "rootlets",
+}
+
+
+@pytest.mark.parametrize("task", sorted(SERVED_RELEASES))
+def test_install_downloads_the_catalogs_own_release_url(task, release_server, monkeypatch):
+    """`spineseg install TASK` as a user runs it: the catalog's own github.com URL goes
+    through the real download path (pooch -> requests), answered by the local release
+    server at the same path (a wrong URL in the catalog is a 404); the archive's SHA-256
+    is recorded and the model verifies."""
+    from urllib.parse import urlparse
+
+    import requests
+
+    real_get = requests.get
+    monkeypatch.setattr(
+        requests,
+        "get",
+        lambda url, *args, **kwargs: real_get(release_server.local_url(url), *args, **kwargs),
+    )
+    spec = catalog.get_task(task)
+    (source,) = spec.sources
+    assert source.url.startswith("https://github.com/")
+    seen = len(release_server.requests)
+    api.install(task, log=None)
+    assert release_server.requests[seen:] == [urlparse(source.url).path]
+    record = store.read_source(task)
+    assert record["urls"] == [source.url]
+    assert record["sha256"] == [release_server.sha256(SERVED_RELEASES[task])]
+    assert record["custom"] is False and record["trusted"] is False
+    report = store.verify(task)
+    assert report.ok, report.problems
+    assert store.is_installed(task)

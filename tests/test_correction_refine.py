@@ -15,7 +15,11 @@ def test_slab_with_margin_is_clipped():
     assert slab_with_margin(2, 5, 64, 8) == (0, 13)
     assert slab_with_margin(60, 64, 64, 8) == (52, 64)
     assert slab_with_margin(3, 4, 64, 0) == (3, 4)
-    with pytest.raises(LabelsError, match="slab"):
+    with pytest.raises(
+        LabelsError,
+        match=r"^slab \[5, 5\) is not a non-empty range of slices inside 0\.\.64: pick a first "
+        "slice above the last one, both inside the volume$",
+    ):
         slab_with_margin(5, 5, 64, 2)
     with pytest.raises(LabelsError, match="slab"):
         slab_with_margin(60, 70, 64, 2)
@@ -88,13 +92,44 @@ def test_merge_default_crop_is_the_slab(volumes):
     )
 
 
+@pytest.mark.parametrize("crop", [(0, 10), (1, 5), (2, 4)])
+def test_merge_takes_the_slab_from_wherever_the_crop_starts(volumes, crop):
+    """The refined array covers ``crop`` (here also past the 6-pixel in-plane size, and
+    starting after slice 0): its slab rows are found by the crop's start."""
+    original, current, _ = volumes
+    prediction = np.zeros(current.shape, np.uint8)  # the model's labels for the whole volume
+    prediction[:, 1:5, 1:5] = 1
+    prediction[2, 5, 5] = 1  # one voxel that only slice 2 has
+    res = merge_slab(current, original, prediction[crop[0] : crop[1]], (2, 4), crop=crop)
+    reference = merge_slab(current, original, prediction[2:4], (2, 4))
+    np.testing.assert_array_equal(res.merged, reference.merged)
+    assert res.merged[2, 5, 5] == 1 and res.merged[3, 5, 5] == 0
+
+
+def test_merge_accepts_the_largest_label_the_layer_holds(volumes):
+    """255 fits a uint8 layer (the refusal is for 256 and more, tested below)."""
+    original, current, refined = volumes
+    refined = refined.copy()
+    refined[2, 0, 1] = 255
+    res = merge_slab(current, original, refined, (1, 4), crop=(0, 6))
+    assert res.merged[2, 0, 1] == 255 and res.merged.dtype == np.uint8
+
+
 def test_merge_shape_errors(volumes):
     original, current, refined = volumes
-    with pytest.raises(LabelsError, match=r"expected \(3, 6, 6\)"):
+    with pytest.raises(
+        LabelsError,
+        match=r"^refined prediction has shape \(6, 6, 6\), expected \(3, 6, 6\) \(slices 1\.\.3 "
+        "on the labels' in-plane grid\\)$",
+    ):
         merge_slab(current, original, refined, slab=(1, 4))  # forgot crop=
     with pytest.raises(LabelsError, match="does not cover"):
         merge_slab(current, original, refined, slab=(1, 8), crop=(0, 6))
-    with pytest.raises(LabelsError, match="same 3D grid"):
+    with pytest.raises(
+        LabelsError,
+        match=r"^current labels \(10, 6, 6\) and model output \(5, 6, 6\) must be the same 3D "
+        "grid$",
+    ):
         merge_slab(current, original[:5], refined, slab=(1, 4), crop=(0, 6))
     with pytest.raises(LabelsError, match="in-plane grid"):
         merge_slab(current, original, refined[:, :5], slab=(1, 4), crop=(0, 6))
@@ -109,6 +144,7 @@ def test_trim_clears_the_slab_or_some_classes():
     lab[:, 1:3, 1:3] = 1
     lab[:, 0, 0] = 2
     res = trim_slab(lab, (4, 6))
+    assert res.kept_edits == 0  # a trim keeps nothing of the old labels in its slab
     np.testing.assert_array_equal(res.merged[4:], 0)
     np.testing.assert_array_equal(res.merged[:4], lab[:4])
     assert res.n_changed == 2 * 5
@@ -117,3 +153,7 @@ def test_trim_clears_the_slab_or_some_classes():
     assert lab[0, 0, 0] == 2  # input untouched
     with pytest.raises(LabelsError, match=r"slab \[4, 9\) is not a non-empty range .* 0\.\.6"):
         trim_slab(lab, (4, 9))
+    with pytest.raises(
+        LabelsError, match=r"^trim_slab needs a 3D label array, got shape \(4, 4\)$"
+    ):
+        trim_slab(lab[0], (0, 1))

@@ -33,14 +33,16 @@ def test_interpolation_of_identical_slices_reproduces_the_shape():
     assert set(edit.indices[0].tolist()) == {2, 3, 4}
 
 
-def test_interpolation_moves_a_shape_instead_of_blending_it():
+@pytest.mark.parametrize("first", [0, 1])
+def test_interpolation_moves_a_shape_instead_of_blending_it(first):
     # a disk (r=4) moved by 4 columns: halfway, the same disk moved by 2. A voxel-wise
     # blend would give the union or the intersection of the end disks instead.
     yy, xx = np.mgrid[:21, :25]
-    lab = np.zeros((3, 21, 25), np.uint8)
-    lab[0][(yy - 10) ** 2 + (xx - 8) ** 2 <= 16] = 1
-    lab[2][(yy - 10) ** 2 + (xx - 12) ** 2 <= 16] = 1
-    out = apply_edit(lab, interpolate_between(lab, 1, 2, 0))  # either order
+    lab = np.zeros((first + 3, 21, 25), np.uint8)
+    lab[first][(yy - 10) ** 2 + (xx - 8) ** 2 <= 16] = 1
+    lab[first + 2][(yy - 10) ** 2 + (xx - 12) ** 2 <= 16] = 1
+    out = apply_edit(lab, interpolate_between(lab, 1, first + 2, first))[first:]  # either order
+    lab = lab[first:]
     mid = out[1] == 1
     moved = (yy - 10) ** 2 + (xx - 10) ** 2 <= 16
     ys, xs = np.nonzero(mid)
@@ -89,10 +91,62 @@ def test_interpolation_measures_distances_in_mm_on_anisotropic_pixels(spacing):
     np.testing.assert_array_equal(out[[0, 2]], lab[[0, 2]])
 
 
+def _signed_distance_mm(mask: np.ndarray, spacing) -> np.ndarray:
+    """Reference by brute force: from each pixel centre, the distance in mm to the nearest
+    pixel of the other set (the class from outside, the background from inside), negative
+    inside."""
+    points = np.argwhere(np.ones_like(mask, bool)) * np.asarray(spacing, float)
+    inside = mask.ravel()
+    dist = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1))
+    to_class = np.where(inside[None, :], dist, np.inf).min(axis=1)
+    to_background = np.where(~inside[None, :], dist, np.inf).min(axis=1)
+    return np.where(inside, -to_background, to_class).reshape(mask.shape)
+
+
+def test_interpolation_is_the_blend_of_signed_distances_in_mm():
+    """Slices 1 and 5 (not 0 and 2): each slice between is ``(1 - t) d1 + t d5 <= 0`` with
+    ``t`` = 1/4, 1/2, 3/4 and the distances in mm, here for a 6 mm disk moved by 12 mm
+    along the 3 mm axis (shape-based interpolation shrinks its middle: documented)."""
+    spacing = (1.0, 3.0)
+    shape = (21, 15)
+    start = _disk_mm(shape, spacing, (10.0, 12.0), 6.0)
+    end = _disk_mm(shape, spacing, (10.0, 24.0), 6.0)
+    lab = np.zeros((7, *shape), np.uint8)
+    lab[1][start] = 1
+    lab[5][end] = 1
+    lab[3, 0, 0] = 2  # another class outside the shape: left alone (preserve_labels)
+    out = apply_edit(lab, interpolate_between(lab, 1, 5, 1, spacing=spacing))
+    d_start, d_end = _signed_distance_mm(start, spacing), _signed_distance_mm(end, spacing)
+    for k, t in ((2, 0.25), (3, 0.5), (4, 0.75)):
+        blend = (1 - t) * d_start + t * d_end
+        assert np.abs(blend).min() > 1e-3  # no pixel on the fence: rounding cannot flip it
+        np.testing.assert_array_equal(out[k] == 1, blend <= 0, f"slice {k}")
+    assert [int((out[k] == 1).sum()) for k in (2, 3, 4)] == [20, 5, 20]
+    assert out[3, 0, 0] == 2
+    np.testing.assert_array_equal(out[[0, 1, 5, 6]], lab[[0, 1, 5, 6]])
+
+
+def test_interpolation_between_adjacent_slices_changes_nothing():
+    """Nothing lies between slices 2 and 3: an empty edit (even where the class is absent
+    from one of them) that applies as a no-op, also on a one-voxel-wide volume."""
+    lab = np.zeros((4, 1, 1), np.uint8)
+    lab[2] = 1
+    for a, b in ((2, 3), (3, 2), (2, 2)):
+        edit = interpolate_between(lab, 1, a, b)
+        assert edit.n_voxels == 0 and len(edit.indices) == 3
+        assert all(i.dtype == np.intp and i.size == 0 for i in edit.indices)
+        assert edit.values.dtype == lab.dtype
+        np.testing.assert_array_equal(apply_edit(lab, edit), lab)
+
+
 def test_interpolation_errors():
     lab = np.zeros((5, 6, 6), np.uint8)
     lab[0, 2, 2] = 1
-    with pytest.raises(LabelsError, match="slice 4 has no voxel of label 1"):
+    with pytest.raises(
+        LabelsError,
+        match="^slice 4 has no voxel of label 1: paint the class on both end slices before "
+        "interpolating$",
+    ):
         interpolate_between(lab, 1, 0, 4)
     with pytest.raises(LabelsError, match="outside 0..4"):
         interpolate_between(lab, 1, 0, 5)
@@ -115,6 +169,7 @@ def test_remove_small_components():
     assert remove_small(lab, 1, 2, connectivity=1).n_voxels == 3
     assert remove_small(lab, 1, 2).n_voxels == 1
     assert remove_small(lab, 7, 5).n_voxels == 0
+    assert edit.values.dtype == lab.dtype
 
 
 def test_fill_holes_2d_3d_and_preserve_labels():
@@ -135,6 +190,7 @@ def test_fill_holes_2d_3d_and_preserve_labels():
     assert both.n_voxels == fill_holes(lab, 1, "2d").n_voxels == 4
     assert fill_holes(lab, 1, "3d").n_voxels == 1
     assert fill_holes(lab, 1, "2d", preserve_labels=False).n_voxels == 5
+    assert fill_holes(lab, 7).n_voxels == 0  # a class that is absent: nothing to fill
     with pytest.raises(ValueError, match="use '2d', '3d' or 'both'"):
         fill_holes(lab, 1, "4d")
 
@@ -147,6 +203,8 @@ def test_edits_apply_through_a_data_setitem_like_call():
     target = lab.copy()
     target[edit.indices] = edit.values  # what napari's layer.data_setitem does
     assert target[1, 2, 2] == 1 and edit.values.dtype == np.int16
+    lab[2, 0, 0] = 1  # a speck: removed, with values in the labels' dtype
+    assert remove_small(lab, 1, 2).values.dtype == np.int16
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

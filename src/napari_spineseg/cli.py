@@ -618,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:  # the system refused (permissions, disk full, missing folder)
         return _fail(bar, f"error: {_os_error(exc)}", debug=args.debug)
     except Exception as exc:
-        return _fail(bar, _bug_report(exc), debug=args.debug, bug=True)
+        return _fail(bar, _bug_report(exc), debug=args.debug)
 
 
 def _run(args, out, bar) -> int:
@@ -644,7 +644,7 @@ def _run(args, out, bar) -> int:
     raise AssertionError(f"unknown command {args.command!r}")  # pragma: no cover
 
 
-def _fail(bar: TextProgress, message: str, *, debug: bool, bug: bool = False) -> int:
+def _fail(bar: TextProgress, message: str, *, debug: bool) -> int:
     """Print ``spineseg: <message>`` (after the traceback with --debug); exit status 1.
 
     Called while the exception is being handled, so --debug prints its traceback.
@@ -653,8 +653,6 @@ def _fail(bar: TextProgress, message: str, *, debug: bool, bug: bool = False) ->
     if debug:
         traceback.print_exc(file=sys.stderr)
     sys.stderr.write(f"spineseg: {message}\n")
-    if bug and not debug:
-        sys.stderr.write("spineseg: rerun the same command with --debug to see the traceback\n")
     return EXIT_ERROR
 
 
@@ -668,12 +666,17 @@ def _os_error(exc: OSError) -> str:
 
 def _bug_report(exc: BaseException) -> str:
     """One line for an exception no check anticipated: it is our bug, not the user's."""
-    from .segmentation import CODE_URL
+    try:
+        from .segmentation import CODE_URL
 
+        tracker = f"{CODE_URL}/issues"
+    except Exception:  # the bug may be a broken install: still say what to do
+        tracker = "the napari-spineseg issue tracker"
+    what = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, whatever the message
     return (
-        f"internal error ({type(exc).__name__}: {exc}). This is a bug in napari-spineseg "
-        f"{__version__}, not a problem with your input: please report it at "
-        f"{CODE_URL}/issues with the command you ran and the output of --debug"
+        f"internal error ({what}). This is a bug in napari-spineseg {__version__}, not a "
+        f"problem with your input: please report it at {tracker} with the command you ran "
+        "and what it prints with --debug (the traceback)"
     )
 
 
