@@ -270,7 +270,7 @@ def _kill_loop(zygote, tmp_path: Path, mode: str, kills: int, seed: int) -> dict
         line, _ = zygote.lines_until("child ")
         pid = int(line.split()[1])
         zygote.lines_until("ready")
-        time.sleep(rng.uniform(0.0, 0.12))
+        time.sleep(rng.uniform(0.0, 0.2))
         os.kill(pid, signal.SIGKILL)
         zygote.send(cmd="reap", pid=pid)
         line, seen = zygote.lines_until("reaped ")
