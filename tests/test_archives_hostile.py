@@ -353,6 +353,10 @@ BAD_PLANS = [
         r"features_per_stage \[32, 1000000\] is outside 1..2048",
     ),
     ({"architecture": {"arch_kwargs": {"n_stages": 1000}}}, "n_stages 1000 is outside"),
+    (
+        {"architecture": {"arch_kwargs": {"n_conv_per_stage": [2, 1000]}}},
+        r"n_conv_per_stage \[2, 1000\] is outside 1..16",
+    ),
     ({"architecture": {"arch_kwargs": {"strides": [[1, 1, 1], [64, 2, 2]]}}}, "strides .* 1..16"),
     ({"architecture": {"arch_kwargs": {"kernel_sizes": "3"}}}, 'kernel_sizes "3" is not'),
     ({"UNet_base_num_features": 100000}, "UNet_base_num_features 100000 is outside"),
