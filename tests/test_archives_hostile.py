@@ -162,6 +162,11 @@ def test_not_a_zip_and_not_a_regular_file(models, tmp_path):
     os.mkfifo(lab / "nnUNetTrainer__nnUNetPlans__2d" / "fifo")
     with pytest.raises(ModelNotInstalledError, match="fifo is not a regular file"):
         store.install("lesion_sci_t2", lab, trust=True, log=None)
+    dataset = lab / "nnUNetTrainer__nnUNetPlans__2d" / "dataset.json"
+    dataset.unlink()
+    os.mkfifo(dataset)  # used in place: reading it would wait for a writer forever
+    with pytest.raises(ModelNotInstalledError, match="dataset.json is not a regular file"):
+        store.prepare_custom(lab, trust=True)
     assert store_is_clean(models)
 
 

@@ -118,6 +118,8 @@ def _refusal(where: str, problem: str, fix: str) -> ModelNotInstalledError:
 def read_json_file(path: str | Path, *, fix: str) -> dict:
     """A model's JSON file as a dict, read with the size cap; ``fix`` ends the message."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # opening a FIFO would wait for a writer
+        raise _refusal(str(path), "is not a regular file", fix)
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_JSON_BYTES:
