@@ -162,6 +162,11 @@ def test_not_a_zip_and_not_a_regular_file(models, tmp_path):
     os.mkfifo(lab / "nnUNetTrainer__nnUNetPlans__2d" / "fifo")
     with pytest.raises(ModelNotInstalledError, match="fifo is not a regular file"):
         store.install("lesion_sci_t2", lab, trust=True, log=None)
+    dataset = lab / "nnUNetTrainer__nnUNetPlans__2d" / "dataset.json"
+    dataset.unlink()
+    os.mkfifo(dataset)  # used in place: reading it would wait for a writer forever
+    with pytest.raises(ModelNotInstalledError, match="dataset.json is not a regular file"):
+        store.prepare_custom(lab, trust=True)
     assert store_is_clean(models)
 
 
@@ -353,6 +358,10 @@ BAD_PLANS = [
         r"features_per_stage \[32, 1000000\] is outside 1..2048",
     ),
     ({"architecture": {"arch_kwargs": {"n_stages": 1000}}}, "n_stages 1000 is outside"),
+    (
+        {"architecture": {"arch_kwargs": {"n_conv_per_stage": [2, 1000]}}},
+        r"n_conv_per_stage \[2, 1000\] is outside 1..16",
+    ),
     ({"architecture": {"arch_kwargs": {"strides": [[1, 1, 1], [64, 2, 2]]}}}, "strides .* 1..16"),
     ({"architecture": {"arch_kwargs": {"kernel_sizes": "3"}}}, 'kernel_sizes "3" is not'),
     ({"UNet_base_num_features": 100000}, "UNet_base_num_features 100000 is outside"),

@@ -43,6 +43,7 @@ MIN_SPACING_MM = 1e-3
 MAX_SPACING_MM = 100.0
 MAX_FEATURES = 2048
 MAX_STAGES = 12
+MAX_CONVS = 16
 MAX_KERNEL = 15
 MAX_STRIDE = 16
 
@@ -117,6 +118,8 @@ def _refusal(where: str, problem: str, fix: str) -> ModelNotInstalledError:
 def read_json_file(path: str | Path, *, fix: str) -> dict:
     """A model's JSON file as a dict, read with the size cap; ``fix`` ends the message."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # opening a FIFO would wait for a writer
+        raise _refusal(str(path), "is not a regular file", fix)
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size > MAX_JSON_BYTES:
@@ -350,6 +353,13 @@ def _arch_problems(kwargs: Mapping) -> list[str]:
                 f"features_per_stage {json.dumps(feats)[:80]} is outside 1..{MAX_FEATURES} "
                 f"features per stage, at most {MAX_STAGES} stages"
             )
+    for key in ("n_conv_per_stage", "n_conv_per_stage_decoder"):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        convs = _ints(value if isinstance(value, list) else [value])
+        if convs is None or min(convs) < 1 or max(convs) > MAX_CONVS or len(convs) > MAX_STAGES:
+            problems.append(f"{key} {json.dumps(value)[:80]} is outside 1..{MAX_CONVS} per stage")
     for key, top in (("kernel_sizes", MAX_KERNEL), ("strides", MAX_STRIDE)):
         value = kwargs.get(key)
         if value is None:
