@@ -117,6 +117,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the demo on a synthetic phantom")
     demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
+
+    sub.add_parser(
+        "doctor",
+        help="report versions, torch build, devices, Qt, models (paste into a bug report)",
+    )
     return p
 
 
@@ -317,6 +322,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_batch(args, out)
         if args.command == "demo":
             return _cmd_demo(args, out)
+        if args.command == "doctor":
+            from .doctor import main as doctor
+
+            return doctor(out)
     except (Cancelled, KeyboardInterrupt):
         bar.done()
         if args.command == "batch":
