@@ -97,9 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", dest="output", metavar="OUT", help="output name (as sct_deepseg -o)")
     _add_sct_flags(seg, device="auto")
 
-    bat = sub.add_parser(
-        "batch", help="segment many images in parallel on a dask cluster (docs/batch.md)"
-    )
+    bat = sub.add_parser("batch", help="segment many images in parallel on a dask cluster")
     bat.add_argument("task", nargs="?", help="task id or SCT name (see `spineseg tasks`)")
     bat.add_argument("-i", dest="input", required=True, nargs="+", metavar="IMG")
     bat.add_argument(
@@ -160,7 +158,10 @@ def _cmd_tasks(_args, out) -> int:
         out.write(f"{t.id:<18} {mark:<9} {outs:<46} {t.title}\n")
         if t.aliases:
             out.write(f"{'':<18} {'':<9} (SCT 6.x name: {', '.join(t.aliases)})\n")
-    out.write("\nInstall with `spineseg install TASK`; details in docs/tasks.md.\n")
+    out.write(
+        "\nInstall with `spineseg install TASK`; details: "
+        "https://napari-spineseg.github.io/napari-spineseg/tasks/\n"
+    )
     return EXIT_OK
 
 
