@@ -108,6 +108,8 @@ def main(argv: list[str]) -> int:
             "-q",
             "-p",
             "no:cacheprovider",
+            "-W",
+            "ignore::DeprecationWarning",  # npe2/pydantic noise
             "--noconftest",
             "-c",
             os.devnull,
