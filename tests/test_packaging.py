@@ -113,3 +113,18 @@ def test_docs_nav_lists_every_page():
     in_nav = set(pages(config["nav"]))
     docs = {p.name for p in (ROOT / "docs").iterdir() if p.suffix in {".md", ".ipynb"}}
     assert docs - in_nav == set(), "pages missing from mkdocs.yml's nav"
+
+
+def test_docs_hook_leaves_out_pages_that_do_not_exist_yet(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    (tmp_path / "usage.md").write_text("# Usage\n")
+    nav = [
+        {"Home": "usage.md"},
+        {"Guide": [{"Usage": "usage.md"}, {"Cohort": "cohort.md"}]},
+        {"Later": [{"Cohort": "cohort.md"}]},
+    ]
+    assert hooks._keep(nav, tmp_path) == [{"Home": "usage.md"}, {"Guide": [{"Usage": "usage.md"}]}]
