@@ -156,3 +156,20 @@ def test_doctor_is_a_spineseg_command(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     assert re.search(r"^\s+doctor\s+report versions", capsys.readouterr().out, re.M)
+
+
+def test_a_cpu_only_torch_on_an_nvidia_machine_is_a_problem(monkeypatch):
+    import torch
+
+    if torch.version.cuda is not None or torch.cuda.is_available():
+        pytest.skip("needs a CPU-only build of torch")
+    monkeypatch.setattr(doctor, "_nvidia_driver_present", lambda: True)
+    gpu = next(line for line in doctor._devices() if line.name == "GPU")
+    assert gpu.value == (
+        "no GPU found: inference runs on the CPU "
+        "(an NVIDIA driver is present but torch is a CPU-only build)"
+    )
+    assert gpu.problem.startswith("install the CUDA build of torch")
+    monkeypatch.setattr(doctor, "_nvidia_driver_present", lambda: False)
+    gpu = next(line for line in doctor._devices() if line.name == "GPU")
+    assert (gpu.value, gpu.problem) == ("no GPU found: inference runs on the CPU", None)

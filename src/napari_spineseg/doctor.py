@@ -238,7 +238,10 @@ def _devices() -> list[Line]:
 
 
 def _nvidia_driver_present() -> bool:
-    return os.path.exists("/proc/driver/nvidia/version")
+    """An NVIDIA driver is installed (Linux: the kernel module; elsewhere: nvidia-smi)."""
+    import shutil
+
+    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
 
 
 def _qt_napari() -> list[Line]:
