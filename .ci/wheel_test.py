@@ -59,7 +59,7 @@ def run(cmd: list[str], log: Path | None = None, **kwargs) -> None:
 def main(argv: list[str]) -> int:
     work = Path(argv[0]) if argv else Path(tempfile.mkdtemp(prefix="spineseg-wheel-"))
     dist, venv = work / "dist", work / "venv"
-    for d in (dist, venv):
+    for d in (dist, venv, work / "models", work / "autosave", work / "napari"):
         shutil.rmtree(d, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -98,7 +98,15 @@ def main(argv: list[str]) -> int:
 
     t = time.perf_counter()
     path = f"{bindir}{os.pathsep}{os.environ['PATH']}"
-    env = dict(os.environ, SPINESEG_WHEEL_DIST=str(dist), PATH=path)
+    env = dict(
+        os.environ,
+        SPINESEG_WHEEL_DIST=str(dist),
+        PATH=path,
+        # a user's own store, autosaves and napari settings must not change the outcome
+        SPINESEG_MODELS_DIR=str(work / "models"),
+        SPINESEG_AUTOSAVE_DIR=str(work / "autosave"),
+        NAPARI_CONFIG=str(work / "napari" / "settings.yaml"),
+    )
     env.pop("PYTHONPATH", None)
     run(
         [
