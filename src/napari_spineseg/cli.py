@@ -35,6 +35,8 @@ from .errors import Cancelled, GeometryWarning, SpinesegError
 from .progress import Progress
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+# The user guide: help text points here, never to files of the source tree (a wheel has none).
+DOCS_URL = "https://napari-spineseg.github.io/napari-spineseg/"
 
 
 class TextProgress:
@@ -93,7 +95,7 @@ examples:
       your lab's nnU-Net v2 model: one <image>_<label>_seg.nii.gz per label of its dataset.json
 
 Install a task's model first: `spineseg install TASK` (`spineseg tasks` shows what is
-installed). Task details and post-processing defaults: docs/tasks.md.
+installed). Task details and post-processing defaults: {DOCS_URL}tasks/
 
 {EXIT_STATUS}"""
 
@@ -106,7 +108,7 @@ examples:
 
 One line per file on stderr as it finishes (-q: none), a summary table on stdout. A file
 that fails is reported with its reason and the others are still segmented; the exit
-status is then 1. Details: docs/batch.md.
+status is then 1. Details: {DOCS_URL}batch/
 
 {EXIT_STATUS}"""
 
@@ -259,7 +261,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bat = command(
         "batch",
-        help="segment many images in parallel on a dask cluster (docs/batch.md)",
+        help="segment many images in parallel on a dask cluster",
         description="Segment many images in parallel on a dask.distributed cluster (a local "
         "one by default): each file runs exactly `spineseg segment` (same names, sidecars, "
         "atomic writes), each worker process keeps its model loaded between files.",
@@ -307,6 +309,11 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", help="run the demo on a synthetic phantom")
     demo.add_argument("--out", metavar="DIR", help="folder for the demo files")
+
+    sub.add_parser(
+        "doctor",
+        help="report versions, torch build, devices, Qt, models (paste into a bug report)",
+    )
     return p
 
 
@@ -338,7 +345,7 @@ def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
         choices=[0, 1],
         help="1: keep only the largest connected object of each output (per class in a "
         "multi-label file), to drop false positives away from the cord; 0: keep all. "
-        "Default: the task's own (docs/tasks.md)",
+        f"Default: the task's own ({DOCS_URL}tasks/)",
     )
     p.add_argument(
         "-fill-holes",
@@ -420,7 +427,10 @@ def _cmd_tasks(_args, out) -> int:
         out.write(f"{t.id:<18} {mark:<9} {outs:<46} {t.title}\n")
         if t.aliases:
             out.write(f"{'':<18} {'':<9} (SCT 6.x name: {', '.join(t.aliases)})\n")
-    out.write("\nInstall with `spineseg install TASK`; details in docs/tasks.md.\n")
+    out.write(
+        "\nInstall with `spineseg install TASK`; details: "
+        f"{DOCS_URL}tasks/\n"
+    )
     return EXIT_OK
 
 
@@ -639,6 +649,10 @@ def _run(args, out, bar) -> int:
         from .study.commands import run_qc
 
         return run_qc(args, out)
+    if args.command == "doctor":
+        from .doctor import main as doctor
+
+        return doctor(out)
     if args.command == "demo":
         return _cmd_demo(args, out)
     raise AssertionError(f"unknown command {args.command!r}")  # pragma: no cover
