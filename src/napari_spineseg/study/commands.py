@@ -47,7 +47,8 @@ def add_batch_arguments(bat: argparse.ArgumentParser) -> None:
 def add_qc_parser(sub: Any) -> None:
     """``spineseg qc DERIV -o QCDIR``."""
     qc = sub.add_parser(
-        "qc", help="write an HTML QC report of a derivatives folder (see the user guide: Cohort review)"
+        "qc",
+        help="write an HTML QC report of a derivatives folder (see the user guide: Cohort review)",
     )
     qc.add_argument("deriv", metavar="DERIV", help="derivatives folder written by spineseg batch")
     qc.add_argument("-o", dest="output", required=True, metavar="QCDIR", help="report folder")
