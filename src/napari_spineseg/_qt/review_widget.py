@@ -418,6 +418,7 @@ class ReviewWidget(QScrollArea):
         layer.events.paint.connect(state.on_paint_event)
         layer.events.reload.connect(state.on_reload_event)
         layer.events.data.connect(state.on_reload_event)
+        layer.events.set_data.connect(state.on_set_data_event)
         layer.events.name.connect(self._on_layer_renamed)
         self._offer_recovery(state)
         return state
@@ -441,6 +442,7 @@ class ReviewWidget(QScrollArea):
             return
         if self._preview is not None and self._preview.get("state") is state:
             self.discard_preview()
+        state.refresh(table=False)
         if state.dirty:
             answer = self.prompt(
                 "Unsaved edits",
@@ -479,6 +481,7 @@ class ReviewWidget(QScrollArea):
     def confirm_close(self) -> bool:
         """Ask about every layer with unsaved edits; False when the user cancels."""
         for state in list(self.states.values()):
+            state.refresh(table=False)
             if not state.dirty:
                 continue
             answer = self.prompt(
@@ -671,8 +674,7 @@ class ReviewWidget(QScrollArea):
 
     def _refresh_current(self) -> None:
         for state in self.states.values():
-            if state._pending or state._pending_full:
-                state.refresh(table=state is self.state)
+            state.refresh(table=state is self.state)
         self._update_panel()
 
     def _on_dims(self, event=None) -> None:
