@@ -34,7 +34,7 @@ import numpy as np
 
 from .. import correction
 from ..correction.edits import EditSummary
-from ..correction.qc import ClassSummary, EdgeSlabs, SliceTable
+from ..correction.qc import ClassSummary, EdgeSlabs, SliceTable, is_cord_name, is_lesion_name
 from ..correction.refine import SlabChange
 from ..correction.tools import Edit
 from ..errors import LabelsError, SaveRefusedError, SpinesegError
@@ -111,6 +111,13 @@ class Fact:
     rebase: int | None = None
 
 
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 class LayerReview:
     """Review state of one Labels layer (see the module docstring)."""
 
@@ -130,6 +137,19 @@ class LayerReview:
         self.suffix: str | None = info.get("suffix")
         self.run: dict | None = info.get("run")
         self.provenance: dict | None = info.get("provenance")
+        #: weak reference to the review state of the cord mask this lesion mask is checked
+        #: against ("lesion outside cord"): SCT writes cord and lesion as separate files
+        self.cord_partner: Any = None
+        #: a mask opened from disk (not a Segment result): saved over itself by default,
+        #: its sidecar (as loaded) extended with this session's record
+        self.from_file = (
+            self.run is None and info.get("role") == "labels" and self.volume.path is not None
+        )
+        self._loaded_sidecar: dict[str, Any] = {}
+        if self.from_file:
+            from .. import sidecar
+
+            self._loaded_sidecar = sidecar.read(self.volume.path)
         self.probabilities: dict[int, np.ndarray] = dict(info.get("probabilities") or {})
         baseline = info.get("model_output")
         if baseline is None or np.shape(baseline) != np.shape(layer.data):
@@ -186,6 +206,8 @@ class LayerReview:
     @property
     def dirty(self) -> bool:
         """The labels differ from the last saved (or loaded) version."""
+        if self._pending_full or self._pending or self.history_moved():
+            self.refresh(table=False)
         return self._force_dirty or self._checksums != self._saved_checksums
 
     @dirty.setter
@@ -287,12 +309,30 @@ class LayerReview:
             self.table = self._compute_table(self.table)
         return self.edits
 
+    @property
+    def needs_cord_partner(self) -> bool:
+        """A lesion mask without a cord class (SCT's ``_lesion_seg``)."""
+        names = self.classes.values()
+        return any(is_lesion_name(n) for n in names) and not any(is_cord_name(n) for n in names)
+
+    @property
+    def cord_values(self) -> tuple[int, ...]:
+        return tuple(v for v, n in self.classes.items() if is_cord_name(n))
+
+    def cord_reference(self) -> np.ndarray | None:
+        """The paired cord mask (boolean, this layer's grid), or None."""
+        partner = self.cord_partner() if self.cord_partner is not None else None
+        if partner is None or np.shape(partner.layer.data) != np.shape(self.layer.data):
+            return None
+        return np.isin(np.asarray(partner.layer.data), partner.cord_values)
+
     def _compute_table(self, previous: SliceTable | None) -> SliceTable:
         return correction.slice_table(
             self.layer.data,
             self.spacing,
             self.classes,
             probabilities=self.probabilities or None,
+            cord_reference=self.cord_reference(),
             previous=previous,
         )
 
@@ -394,7 +434,10 @@ class LayerReview:
 
     # ---------------------------------------------------------------- export
     def default_path(self) -> Path:
-        """Beside the source with the task's SCT file name (``<image><suffix>.nii.gz``)."""
+        """Beside the source with the task's SCT file name (``<image><suffix>.nii.gz``);
+        a mask opened from disk: its own file."""
+        if self.from_file:
+            return Path(self.volume.path)
         if self.volume.path is None:
             raise SaveRefusedError(
                 f"{self.layer.name}: the image was not read from a file, so there is no default "
@@ -414,7 +457,11 @@ class LayerReview:
             slabs_trimmed=self.slabs_trimmed,
             tools_used=sorted(self.tools_used),
             reviewed_slices=self.table.reviewed_slices(),
-            extra={"Layer": str(self.layer.name), "Task": (self.run or {}).get("task")},
+            extra={
+                "Layer": str(self.layer.name),
+                "Task": (self.run or {}).get("task"),
+                "Classes": {str(k): v for k, v in self.classes.items()},
+            },
         )
 
     def save(self, path: str | Path | None = None, author: str | None = None) -> Path:
@@ -426,8 +473,9 @@ class LayerReview:
         target = Path(path) if path is not None else self.default_path()
         record = self.correction_record(author)  # from the very array written below
         labels = self.volume.geometry.to_file(np.asarray(self.layer.data))
-        written = Path(save_labels(labels, target, like=self.volume))
-        existing: dict[str, Any] = {}
+        itself = self.from_file and _same_file(target, self.volume.path)
+        written = Path(save_labels(labels, target, like=self.volume, replace_like=itself))
+        existing: dict[str, Any] = dict(self._loaded_sidecar)
         if self.provenance:
             entry = sidecar.generated_by(self.provenance, output=self.suffix)
             entry["Classes"] = {str(k): v for k, v in self.classes.items()}
@@ -446,6 +494,14 @@ class LayerReview:
         if self.autosaver is not None:
             self.autosaver.discard()
         return written
+
+    def needs_confirmation(self, path: str | Path | None = None) -> Path | None:
+        """The file a save to ``path`` would replace when this session did not write it
+        (a reference mask of the same name: ask first), else None."""
+        target = Path(path) if path is not None else self.default_path()
+        if not target.exists() or any(_same_file(target, p) for p in self.saved_paths):
+            return None
+        return target
 
     # ---------------------------------------------------------------- autosave
     def autosave_snapshot(self, force: bool = False) -> tuple[np.ndarray, dict] | None:

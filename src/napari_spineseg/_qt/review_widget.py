@@ -23,6 +23,7 @@ offered back when the same image is segmented or opened again.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -91,6 +92,19 @@ def ask_unsaved(parent: QWidget | None, title: str, text: str) -> str:
         QMessageBox.StandardButton.Save: "save",
         QMessageBox.StandardButton.Discard: "discard",
     }.get(QMessageBox.StandardButton(answer), "cancel")
+
+
+def ask_replace(parent: QWidget | None, text: str) -> bool:
+    """Default replace prompt: Replace / Cancel (Cancel is the default)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Replace a mask?")
+    box.setText(text)
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(cancel)
+    box.exec()
+    return box.clickedButton() is replace
 
 
 def ask_recovery(parent: QWidget | None, text: str) -> str:
@@ -180,6 +194,9 @@ class ReviewWidget(QScrollArea):
         self.prompt: Callable[[str, str], str] = lambda t, x: ask_unsaved(self, t, x)
         #: recovery prompt: text -> "restore" | "discard" | "ignore"
         self.prompt_recovery: Callable[[str], str] = lambda x: ask_recovery(self, x)
+        #: replace prompt (a file this session did not write): text -> True to replace
+        self.prompt_replace: Callable[[str], bool] = lambda x: ask_replace(self, x)
+        self._closing = False
         self.autosave_dir: str | None = None  # None: the per-user cache
         self.worker = None
         self._cancel: CancelToken | None = None
@@ -203,6 +220,7 @@ class ReviewWidget(QScrollArea):
         for layer in list(viewer.layers):
             self._bind(layer)
         self._update_layer_combo()
+        self._guard_viewer_close()
         QTimer.singleShot(0, self._install_close_guard)
 
     # ================================================================== layout
@@ -420,8 +438,46 @@ class ReviewWidget(QScrollArea):
         layer.events.data.connect(state.on_reload_event)
         layer.events.set_data.connect(state.on_set_data_event)
         layer.events.name.connect(self._on_layer_renamed)
+        self._pair_cord_layers()
         self._offer_recovery(state)
         return state
+
+    def _pair_cord_layers(self) -> None:
+        """Give each lesion-only mask the cord mask of its grid ("lesion outside cord").
+
+        Preference: the cord output of the same Segment run, then a cord mask whose file
+        name has the same stem (``t2_lesion_seg`` / ``t2_sc_seg``), then any cord mask
+        drawn on the same grid."""
+        from ..layers import classes_from_name
+
+        def stem(st: LayerReview) -> str:
+            name = str(st.layer.name)
+            found = classes_from_name(name + ".nii.gz")
+            return name[: -len(found[0])] if found else name
+
+        for st in self.states.values():
+            if not st.needs_cord_partner:
+                continue
+            best: tuple[int, LayerReview] | None = None
+            for other in self.states.values():
+                if (
+                    other is st
+                    or not other.cord_values
+                    or np.shape(other.layer.data) != np.shape(st.layer.data)
+                    or not np.allclose(other.layer.scale[-3:], st.layer.scale[-3:])
+                    or not np.allclose(other.layer.translate[-3:], st.layer.translate[-3:])
+                ):
+                    continue
+                rank = (
+                    0 if _same_run(st.layer, other.layer) else 1 if stem(st) == stem(other) else 2
+                )
+                if best is None or rank < best[0]:
+                    best = (rank, other)
+            partner = best[1] if best is not None else None
+            current = st.cord_partner() if st.cord_partner is not None else None
+            if partner is not current:
+                st.cord_partner = weakref.ref(partner) if partner is not None else None
+                st.table = st._compute_table(st.table)
 
     def _on_inserted(self, event) -> None:
         layer = event.value
@@ -443,7 +499,7 @@ class ReviewWidget(QScrollArea):
         if self._preview is not None and self._preview.get("state") is state:
             self.discard_preview()
         state.refresh(table=False)
-        if state.dirty:
+        if state.dirty and not self._closing:
             answer = self.prompt(
                 "Unsaved edits",
                 f"'{layer.name}' has unsaved edits ({state.refresh(table=False).changed_voxels} "
@@ -455,16 +511,40 @@ class ReviewWidget(QScrollArea):
                 return
             if answer == "save":
                 try:
-                    state.save()
+                    saved = self._save_state(state)
                 except SpinesegError as exc:
                     self._notify(exc)
+                    saved = None
+                if saved is None:
                     self._removing[id(layer)] = event.index
                     QTimer.singleShot(0, lambda: self.viewer.layers.insert(event.index, layer))
                     return
             elif state.autosaver is not None:
                 state.autosaver.discard()
         self.states.pop(id(layer), None)
+        self._pair_cord_layers()
         self._update_layer_combo()
+
+    def _guard_viewer_close(self) -> None:
+        """``viewer.close()`` from a script: ask once about unsaved edits, and keep the
+        viewer open on Cancel (napari removes the layers before closing the window, so
+        the window's close event comes too late to say no)."""
+        viewer = self.viewer
+        original = getattr(viewer, "close", None)
+        if original is None or getattr(original, "_spineseg_guarded", False):
+            return
+        confirm = weakref.WeakMethod(self.confirm_close)
+
+        def close(*args: Any, **kwargs: Any) -> Any:
+            fn = confirm()
+            if fn is not None and not fn():
+                return None
+            return original(*args, **kwargs)
+
+        close._spineseg_guarded = True  # type: ignore[attr-defined]
+        # a viewer type that forbids it keeps the window close guard only
+        with contextlib.suppress(AttributeError, TypeError):
+            object.__setattr__(viewer, "close", close)
 
     def _install_close_guard(self) -> None:
         window = self.window()
@@ -479,7 +559,11 @@ class ReviewWidget(QScrollArea):
         self._install_close_guard()
 
     def confirm_close(self) -> bool:
-        """Ask about every layer with unsaved edits; False when the user cancels."""
+        """Ask about every layer with unsaved edits; False when the user cancels.
+
+        Once confirmed, the layer removals of the closing viewer ask nothing more."""
+        if self._closing:
+            return True
         for state in list(self.states.values()):
             state.refresh(table=False)
             if not state.dirty:
@@ -492,7 +576,8 @@ class ReviewWidget(QScrollArea):
                 return False
             if answer == "save":
                 try:
-                    state.save()
+                    if self._save_state(state) is None:
+                        return False  # the user would not replace a file: stay open
                 except SpinesegError as exc:
                     self._notify(exc)
                     return False
@@ -500,7 +585,12 @@ class ReviewWidget(QScrollArea):
                 state.dirty = False
                 if state.autosaver is not None:
                     state.autosaver.discard()
+        self._closing = True
+        QTimer.singleShot(0, self._end_closing)
         return True
+
+    def _end_closing(self) -> None:
+        self._closing = False
 
     def _offer_recovery(self, state: LayerReview) -> None:
         try:
@@ -567,6 +657,8 @@ class ReviewWidget(QScrollArea):
             n = state.tracker.shape[0]
             for sb in (self.interp_a, self.interp_b, self.slab_first, self.slab_last):
                 sb.setRange(0, n - 1)
+            if state.needs_cord_partner:  # its cord may have been edited meanwhile
+                state.table = state._compute_table(state.table)
         self.class_combo.blockSignals(False)
         self._update_panel()
         if state is not None and self.slab_first.value() == 0 and self.slab_last.value() == 0:
@@ -590,6 +682,14 @@ class ReviewWidget(QScrollArea):
                     f"<b>{s.name}</b>: {s.volume_mm3:.0f} mm³, slices {s.first}–{s.last} "
                     f"({s.length_mm:.0f} mm)"
                 )
+        if state.needs_cord_partner:
+            partner = state.cord_partner() if state.cord_partner is not None else None
+            lines.append(
+                f"Lesions checked against the cord of <i>{partner.layer.name}</i>."
+                if partner is not None
+                else "No cord mask on this grid: open the _sc_seg mask to check that "
+                "lesions lie in the cord."
+            )
         self.summary_label.setText("<br>".join(lines))
         profiles = [s.area_profile for s in summ.values() if s.area_profile is not None]
         csa = np.sum(profiles, axis=0) if profiles else np.zeros(state.tracker.shape[0])
@@ -926,20 +1026,37 @@ class ReviewWidget(QScrollArea):
         return self.last_outcome
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | Path | None = None, layer: Any = None) -> Path:
+    def save(self, path: str | Path | None = None, layer: Any = None) -> Path | None:
         state = self.states.get(id(layer)) if layer is not None else self._require()
         if state is None:
             raise SpinesegError(
                 f"layer {getattr(layer, 'name', layer)!r} is not a reviewed result"
             )
-        written = state.save(path)
+        written = self._save_state(state, path)
+        if written is None:
+            self.save_label.setText("Not saved: the existing file was kept.")
+            return None
         self.save_label.setText(f"Saved {written} (+ .json).")
         self._update_edits_label()
         return written
 
+    def _save_state(self, state: LayerReview, path: str | Path | None = None) -> Path | None:
+        """Save, asking first before replacing a file this session did not write."""
+        existing = state.needs_confirmation(path)
+        if existing is not None and not self.prompt_replace(
+            f"{existing} exists and was not written in this session (a reference mask?). "
+            "Replace it? Its previous version is kept under .spineseg-history/."
+        ):
+            return None
+        return state.save(path)
+
     def save_all(self) -> list[Path]:
-        out = [st.save() for st in list(self.states.values())]
-        self.save_label.setText("Saved " + ", ".join(p.name for p in out) + " (+ .json).")
+        out = [p for st in list(self.states.values()) if (p := self._save_state(st))]
+        self.save_label.setText(
+            ("Saved " + ", ".join(p.name for p in out) + " (+ .json).")
+            if out
+            else "Nothing saved."
+        )
         self._update_edits_label()
         return out
 
