@@ -889,6 +889,8 @@ class ReviewWidget(QScrollArea):
                 f"Suggested: poor slices {slab[0]}–{slab[1] - 1} at the "
                 f"{'superior' if slab is edges.top else 'inferior'} end of the cord."
             )
+        elif edges.note:
+            self.refine_label.setText(f"No slab suggested: {edges.note}.")
         else:
             self.refine_label.setText("No poor slices at the ends of the cord.")
         return slab
