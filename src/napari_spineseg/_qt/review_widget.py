@@ -189,6 +189,10 @@ class ReviewWidget(QScrollArea):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
+        from .._reader import ensure_reader_preference, route_viewer_open
+
+        ensure_reader_preference()  # drag and drop, File > Open
+        route_viewer_open(viewer)  # viewer.open(path) from a script
         self.states: dict[int, LayerReview] = {}
         #: unsaved-edits prompt: (title, text) -> "save" | "discard" | "cancel"
         self.prompt: Callable[[str, str], str] = lambda t, x: ask_unsaved(self, t, x)

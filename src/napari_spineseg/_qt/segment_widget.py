@@ -56,6 +56,10 @@ class SegmentWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        from .._reader import ensure_reader_preference, route_viewer_open
+
+        ensure_reader_preference()  # drag and drop, File > Open
+        route_viewer_open(viewer)  # viewer.open(path) from a script
         self._tasks = {t.id: t for t in api.tasks()}
         self.image = create_widget(annotation="napari.layers.Image", label="Image")
         self.task = ComboBox(
