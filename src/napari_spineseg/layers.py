@@ -45,6 +45,9 @@ UNLISTED_COLOR = (1.0, 1.0, 1.0, 1.0)
 
 #: Above this many voxels, contrast limits come from a strided sample (huge memmaps).
 CONTRAST_SAMPLE = 4_000_000
+#: Display window of images: these percentiles of the finite voxels (a robust range, as
+#: MRI viewers use, so that a few bright voxels do not make the scan look dim).
+CONTRAST_PERCENTILES = (0.5, 99.5)
 
 _TIME_UNIT_TO_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
@@ -81,7 +84,7 @@ def volume_layer_data(
         return labels, kwargs, "labels"
     # Sample the file-order array: for a memory-mapped .nii it is contiguous, so the
     # sample reads a few runs of pages instead of touching the whole file.
-    kwargs["contrast_limits"] = finite_contrast_limits(volume.data)
+    kwargs["contrast_limits"] = robust_contrast_limits(volume.data)
     kwargs["colormap"] = "gray"
     return data, kwargs, "image"
 
@@ -156,6 +159,24 @@ def finite_contrast_limits(data: np.ndarray) -> tuple[float, float]:
     lo, hi = float(sample.min()), float(sample.max())
     if hi <= lo:
         hi = lo + 1.0
+    return (lo, hi)
+
+
+def robust_contrast_limits(
+    data: np.ndarray, percentiles: tuple[float, float] = CONTRAST_PERCENTILES
+) -> tuple[float, float]:
+    """The display window: ``percentiles`` of the finite voxels (a strided sample for
+    very large arrays); the full finite range when that window is empty (binary or
+    constant images). napari's contrast slider starts on this window; its right-click
+    menu widens it to the full range."""
+    sample = _strided(np.asanyarray(data), CONTRAST_SAMPLE)
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(sample, percentiles))
+    if hi <= lo:
+        return finite_contrast_limits(sample)
     return (lo, hi)
 
 

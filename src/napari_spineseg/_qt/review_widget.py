@@ -971,6 +971,8 @@ class ReviewWidget(QScrollArea):
             name=f"{state.layer.name} refine preview",
             scale=state.layer.scale,
             translate=state.layer.translate,
+            units=state.layer.units,  # else napari warns "Inconsistent units"
+            axis_labels=state.layer.axis_labels,
             opacity=0.9,
         )
         layer.colormap = state.layer.colormap
@@ -1013,8 +1015,11 @@ class ReviewWidget(QScrollArea):
 
     def discard_preview(self) -> None:
         pv, self._preview = self._preview, None
-        if pv is not None and pv["layer"] in self.viewer.layers:
-            self.viewer.layers.remove(pv["layer"])
+        if pv is not None:
+            if pv["layer"] in self.viewer.layers:
+                self.viewer.layers.remove(pv["layer"])
+            # the "Preview ... Apply or Discard" line is stale now (Apply writes its own)
+            self.refine_label.setText("Preview discarded: nothing changed.")
         self._set_preview_buttons()
 
     @property
