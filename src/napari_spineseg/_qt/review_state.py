@@ -101,12 +101,13 @@ class Fact:
     """One recorded fact of the correction, live while the napari atom applying it is.
 
     ``kind``: "tool" (value: its name), "trimmed" or "refined" (value: the slab);
-    ``atom``: id of the history atom (None: nothing to undo, always live);
+    ``atom``: the history atom itself (held, so its id is never reused by a new atom;
+    None: nothing to undo, or gone from napari's history: the state is final);
     ``rebase``: the tracker's rebase handle of a refine."""
 
     kind: str
     value: Any
-    atom: int | None
+    atom: Any
     live: bool = True
     rebase: int | None = None
 
@@ -274,17 +275,17 @@ class LayerReview:
         for fact in self.facts:
             if fact.atom is None:
                 continue
-            if fact.atom in undo:
+            aid = id(fact.atom)
+            if aid in undo:
                 live = True
-            elif fact.atom in redo:
+            elif aid in redo:
                 live = False
-            elif fact.atom in before[0]:
-                # left the undo stack without being undone: it fell off the bottom of a
-                # full stack (permanent); otherwise it was undone and the redo stack
-                # cleared by a new edit before we looked
-                live = full
-            else:
-                live = fact.live
+            else:  # gone from napari's history: the state is final
+                # it left the undo stack without being undone: it fell off the bottom of
+                # a full stack (permanent); otherwise it was undone and the redo stack
+                # cleared by a new edit before we looked; gone from redo: undone for good
+                live = full if aid in before[0] else fact.live if aid in before[1] else False
+                fact.atom = None
             if live != fact.live:
                 fact.live = live
                 if fact.rebase is not None:
@@ -358,9 +359,11 @@ class LayerReview:
             top = id(undo[-1][-1]) if undo else None
             self.layer.data_setitem(edit.indices, edit.values)
             if undo and id(undo[-1][-1]) != top:
-                atom = id(undo[-1][-1])
+                atom = undo[-1][-1]
         for fact in facts:
-            if edit.n_voxels or fact.kind != "tool":
+            # an edit that changed nothing is not recorded, except a refine: its
+            # prediction still becomes the reference of the slab
+            if edit.n_voxels or fact.kind == "refined":
                 fact.atom = atom
                 self.facts.append(fact)
 

@@ -49,6 +49,7 @@ from qtpy.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -72,6 +73,8 @@ FLAG_LABELS = {
     "low_confidence": "low confidence",
 }
 DEBOUNCE_MS = 200
+#: rows of the slice table visible at least
+TABLE_ROWS = 10
 AUTOSAVE_POLL_MS = 2000
 
 
@@ -129,9 +132,28 @@ class Sparkline(QWidget):
         self.values = np.zeros(0)
         self.flagged = np.zeros(0, bool)
         self.current: int | None = None
+        #: called with the slice index of a clicked bar
+        self.on_click: Callable[[int], None] | None = None
         self.setMinimumHeight(56)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Cord cross-sectional area (mm²) per slice, superior (left) to inferior")
+        self.setToolTip(
+            "Cord cross-sectional area (mm²) per slice, superior (left) to inferior; "
+            "click a bar to show that slice"
+        )
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+
+    def slice_at(self, x: float) -> int | None:
+        """The slice whose bar is at ``x`` pixels from the left (None when empty)."""
+        n = self.values.size
+        if n == 0 or self.width() <= 0:
+            return None
+        return int(np.clip(x * n / self.width(), 0, n - 1))
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        index = self.slice_at(event.position().x())
+        if index is not None and self.on_click is not None:
+            self.on_click(index)
+        super().mousePressEvent(event)
 
     def set_data(self, values: np.ndarray, flagged: np.ndarray, current: int | None) -> None:
         self.values = np.asarray(values, float)
@@ -162,11 +184,80 @@ class Sparkline(QWidget):
         p.end()
 
 
+#: Display axes (I, P, L convention, docs/architecture.md): letters at index 0 and at the end
+_AXIS_LETTERS = (("S", "I"), ("A", "P"), ("R", "L"))
+_VIEW_NAMES = {(1, 2): "axial", (0, 1): "sagittal", (0, 2): "coronal"}
+ORIENTATION_OVERLAY = "spineseg_orientation"
+
+
+def orientation_text(order: tuple[int, ...], ndisplay: int) -> str:
+    """The canvas orientation line for napari's dims order, e.g. axial
+    ``"axial   ↑A  ↓P  ←R  →L"``; empty in 3D display or for fewer than 3 axes."""
+    if ndisplay != 2 or len(order) < 3:
+        return ""
+    lead = len(order) - 3
+    row, col = (int(a) - lead for a in order[-2:])
+    if min(row, col) < 0:
+        return ""
+    (top, bottom), (left, right) = _AXIS_LETTERS[row], _AXIS_LETTERS[col]
+    view = _VIEW_NAMES.get(tuple(sorted((row, col))), "")
+    return f"{view}   ↑{top}  ↓{bottom}  ←{left}  →{right}".strip()
+
+
 def _same_run(a: Any, b: Any) -> bool:
     """Two result layers of one Segment run (their outputs share one provenance record)."""
     pa = (spineseg_meta(a) or {}).get("provenance")
     pb = (spineseg_meta(b) or {}).get("provenance")
     return pa is not None and pa is pb
+
+
+DOCK_PROPERTY = "napari_spineseg_dock"
+
+
+def tabify_with_siblings(widget: QWidget) -> bool:
+    """Put the dock holding ``widget`` in one tab stack with the other napari-spineseg
+    dock in its area (Segment + Review), whichever way they were opened: from the
+    Plugins menu napari stacks them, and the Segment form squeezes the Review panel to
+    a sliver. Returns True when it tabified."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = widget
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    main = dock.parentWidget() if dock is not None else None
+    if dock is None or not isinstance(main, QMainWindow):
+        return False
+    area = main.dockWidgetArea(dock)
+    for other in main.findChildren(QDockWidget):
+        if other is dock or other.isFloating() or main.dockWidgetArea(other) != area:
+            continue
+        inner = other.widget()
+        marked = inner is not None and (
+            inner.property(DOCK_PROPERTY)
+            or any(w.property(DOCK_PROPERTY) for w in inner.findChildren(QWidget))
+        )
+        if marked and dock not in main.tabifiedDockWidgets(other):
+            main.tabifyDockWidget(other, dock)
+            return True
+    return False
+
+
+class DockTabber(QObject):
+    """Event filter: on the first show of a napari-spineseg widget (docked by then),
+    tabify it with its sibling (see :func:`tabify_with_siblings`)."""
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__(widget)
+        widget.setProperty(DOCK_PROPERTY, True)
+        self._done = False
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if not self._done and event.type() == QEvent.Type.Show:
+            self._done = True
+            target = weakref.ref(obj)
+            QTimer.singleShot(0, lambda: (w := target()) is not None and tabify_with_siblings(w))
+        return False
 
 
 class _CloseGuard(QObject):
@@ -210,6 +301,7 @@ class ReviewWidget(QScrollArea):
         self.last_outcome = ""
         self.last_error: BaseException | None = None
         self._build()
+        self._tabber = DockTabber(self)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
@@ -221,9 +313,13 @@ class ReviewWidget(QScrollArea):
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
         viewer.dims.events.current_step.connect(self._on_dims)
+        viewer.dims.events.order.connect(self._update_orientation)
+        viewer.dims.events.ndisplay.connect(self._update_orientation)
+        viewer.layers.events.inserted.connect(self._update_orientation)
         for layer in list(viewer.layers):
             self._bind(layer)
         self._update_layer_combo()
+        self._update_orientation()
         self._guard_viewer_close()
         QTimer.singleShot(0, self._install_close_guard)
 
@@ -246,6 +342,7 @@ class ReviewWidget(QScrollArea):
         self.summary_label.setWordWrap(True)
         lay.addWidget(self.summary_label)
         self.sparkline = Sparkline()
+        self.sparkline.on_click = self.go_to_slice  # clicking a bar shows that slice
         lay.addWidget(self.sparkline)
         root.addWidget(box)
 
@@ -268,8 +365,18 @@ class ReviewWidget(QScrollArea):
         self.table_widget.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table_widget.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table_widget.verticalHeader().setVisible(False)
-        self.table_widget.setMinimumHeight(200)
+        # at least TABLE_ROWS rows visible; the splitter below the box makes it taller
+        rows_px = TABLE_ROWS * self.table_widget.verticalHeader().defaultSectionSize()
+        self.table_widget.setMinimumHeight(rows_px + 30)
+        self.table_widget.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        # every column visible: no horizontal scrollbar, the Flags column takes the rest
+        self.table_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table_widget.setWordWrap(False)
         self.table_widget.cellClicked.connect(lambda r, c: self._on_row_clicked(r))
+        # arrow keys (and any other way the current row moves) move the viewer too
+        self.table_widget.currentCellChanged.connect(
+            lambda r, c, pr, pc: self._on_row_clicked(r) if r >= 0 and r != pr else None
+        )
         lay.addWidget(self.table_widget)
         row = QHBoxLayout()
         self.review_button = QPushButton("Mark selected reviewed")
@@ -281,7 +388,23 @@ class ReviewWidget(QScrollArea):
         row.addWidget(self.review_button, 1)
         row.addWidget(self.unreview_button)
         lay.addLayout(row)
-        root.addWidget(box)
+        # the table and the tools share a splitter: drag its handle to resize the table
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(box)
+        tools = QWidget()
+        root_outer, root = root, QVBoxLayout(tools)
+        root.setContentsMargins(0, 0, 0, 0)
+        # the tools scroll on their own, so the splitter can give the table any height
+        tools_area = QScrollArea()
+        tools_area.setWidget(tools)
+        tools_area.setWidgetResizable(True)
+        tools_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        tools_area.setMinimumHeight(120)
+        self.splitter.addWidget(tools_area)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 0)
+        root_outer.addWidget(self.splitter, 1)
 
         # --- correct
         box = QGroupBox("Correct")
@@ -425,7 +548,6 @@ class ReviewWidget(QScrollArea):
         self.save_label.setWordWrap(True)
         lay.addWidget(self.save_label)
         root.addWidget(box)
-        root.addStretch(1)
         self._set_preview_buttons()
 
     # ================================================================== binding
@@ -494,6 +616,7 @@ class ReviewWidget(QScrollArea):
             current = self.state
             same_run = current is not None and _same_run(current.layer, layer)
             self._update_layer_combo(select=None if same_run else layer)
+            self._raise_dock()
 
     def _on_removed(self, event) -> None:
         layer = event.value
@@ -549,6 +672,16 @@ class ReviewWidget(QScrollArea):
         # a viewer type that forbids it keeps the window close guard only
         with contextlib.suppress(AttributeError, TypeError):
             object.__setattr__(viewer, "close", close)
+
+    def _raise_dock(self) -> None:
+        """Bring this panel's tab forward (a result to review has arrived)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        if dock is not None:
+            dock.raise_()
 
     def _install_close_guard(self) -> None:
         window = self.window()
@@ -754,8 +887,9 @@ class ReviewWidget(QScrollArea):
                     item.setForeground(QColor(255, 140, 120))
                 tw.setItem(r, c, item)
         header = tw.horizontalHeader()
+        header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # Flags: the rest
         tw.setUpdatesEnabled(True)
 
     def table_slices(self) -> list[int]:
@@ -786,6 +920,27 @@ class ReviewWidget(QScrollArea):
         if state is not None:
             self.sparkline.current = self.current_slice()
             self.sparkline.update()
+
+    def _update_orientation(self, event: Any = None) -> None:
+        """Orientation letters of the current view on the canvas (napari-spineseg layers
+        are in the I, P, L display convention)."""
+        overlays = getattr(getattr(self.viewer, "canvas", None), "overlays", None)
+        if overlays is None:
+            return
+        text = ""
+        if any(spineseg_meta(ly) for ly in self.viewer.layers):
+            text = orientation_text(tuple(self.viewer.dims.order), self.viewer.dims.ndisplay)
+        overlay = overlays.get(ORIENTATION_OVERLAY) if hasattr(overlays, "get") else None
+        if overlay is None:
+            from napari.components.overlays import TextOverlay
+
+            overlay = TextOverlay(position="bottom_left", font_size=12, color="yellow")
+            try:
+                overlays[ORIENTATION_OVERLAY] = overlay
+            except (TypeError, ValueError, KeyError):
+                return
+        overlay.text = text
+        overlay.visible = bool(text)
 
     def _on_row_clicked(self, row: int) -> None:
         item = self.table_widget.item(row, 0)
@@ -1084,6 +1239,8 @@ class ReviewWidget(QScrollArea):
     # ---------------------------------------------------------------- autosave
     def autosave(self, force: bool = False, block: bool = False) -> list[threading.Thread]:
         """Write due recovery files off the GUI thread (copies are taken here)."""
+        if any(st.history_moved() for st in self.states.values()):
+            self._refresh_current()  # undo/redo of a hidden layer: the panel follows too
         threads = []
         for state in list(self.states.values()):
             snap = state.autosave_snapshot(force=force)
