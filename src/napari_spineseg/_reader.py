@@ -72,8 +72,11 @@ def route_viewer_open(viewer: object) -> bool:
     ``plugin=`` (including ``"napari"``) is passed through unchanged. Returns True when
     the viewer's ``open`` is wrapped (once per viewer).
     """
+    viewer = getattr(viewer, "__wrapped__", viewer)  # napari gives plugins a proxy
+    if getattr(vars(viewer).get("open"), "_spineseg_routed", False):
+        return False
     original = getattr(viewer, "open", None)
-    if original is None or getattr(original, "_spineseg_routed", False):
+    if original is None:
         return False
 
     def open_(path, *args, **kwargs):  # noqa: ANN001, ANN202 (napari's signature)

@@ -34,6 +34,9 @@ def test_menu_docked_widgets_share_one_tab_stack_and_the_table_is_usable(viewer,
         QApplication.processEvents()
     main = viewer.window._qt_window
     assert rev_dock in main.tabifiedDockWidgets(seg_dock)
+    # napari hands plugin widgets a proxy: the close guard and open routing reach the viewer
+    assert getattr(vars(viewer).get("close"), "_spineseg_guarded", False)
+    assert getattr(vars(viewer).get("open"), "_spineseg_routed", False)
     review.select_layer(mask)
     rev_dock.raise_()
     for _ in range(5):

@@ -166,7 +166,11 @@ class LayerReview:
         self._saved_checksums = dict(self._checksums)
         self._force_dirty = False
         self.edits: EditSummary = self.tracker.diff(layer.data)
-        self.table: SliceTable = self._compute_table(None)
+        ready = info.get("qc_table")  # computed on the worker with the layer data
+        fits = isinstance(ready, SliceTable) and ready.n_slices == self.tracker.shape[0]
+        self.table: SliceTable = ready if fits else self._compute_table(None)
+        #: the suffix of the cord output the worker's table checked lesions against
+        self.table_cord_suffix: str | None = info.get("qc_cord_suffix") if fits else None
         self._autosave_lock = threading.Lock()
         #: weak reference to a callable(state) told about paint/reload events (the widget)
         self.listener: Any = None
@@ -338,7 +342,8 @@ class LayerReview:
         )
 
     def summary(self) -> dict[int, ClassSummary]:
-        return correction.summary(self.layer.data, self.spacing, self.classes)
+        """Per-class size and extent, from the current table (no pass over the labels)."""
+        return self.table.summary()
 
     def edge_slabs(self, n: int = 3) -> EdgeSlabs:
         return correction.edge_slices(self.table, n=n)

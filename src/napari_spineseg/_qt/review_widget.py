@@ -204,6 +204,11 @@ def orientation_text(order: tuple[int, ...], ndisplay: int) -> str:
     return f"{view}   ↑{top}  ↓{bottom}  ←{left}  →{right}".strip()
 
 
+def _unwrap(obj: Any) -> Any:
+    """The object behind napari's plugin proxy (states are keyed by the real layer)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def _same_run(a: Any, b: Any) -> bool:
     """Two result layers of one Segment run (their outputs share one provenance record)."""
     pa = (spineseg_meta(a) or {}).get("provenance")
@@ -552,6 +557,7 @@ class ReviewWidget(QScrollArea):
 
     # ================================================================== binding
     def _bind(self, layer: Any) -> LayerReview | None:
+        layer = _unwrap(layer)
         if id(layer) in self.states or not is_reviewable(layer):
             return self.states.get(id(layer))
         state = LayerReview(layer, autosave_dir=self.autosave_dir)
@@ -603,10 +609,18 @@ class ReviewWidget(QScrollArea):
             current = st.cord_partner() if st.cord_partner is not None else None
             if partner is not current:
                 st.cord_partner = weakref.ref(partner) if partner is not None else None
-                st.table = st._compute_table(st.table)
+                precomputed = (
+                    partner is not None
+                    and st.table_cord_suffix is not None
+                    and st.table_cord_suffix == partner.suffix
+                    and _same_run(st.layer, partner.layer)
+                )
+                if not precomputed:  # the worker checked it against this cord already
+                    st.table = st._compute_table(st.table)
+                st.table_cord_suffix = None
 
     def _on_inserted(self, event) -> None:
-        layer = event.value
+        layer = _unwrap(event.value)
         idx = self._removing.pop(id(layer), None)
         if idx is not None:  # re-inserted after "Cancel": keep its state
             self._update_layer_combo()
@@ -619,7 +633,7 @@ class ReviewWidget(QScrollArea):
             self._raise_dock()
 
     def _on_removed(self, event) -> None:
-        layer = event.value
+        layer = _unwrap(event.value)
         state = self.states.get(id(layer))
         if state is None:
             return
@@ -656,9 +670,11 @@ class ReviewWidget(QScrollArea):
         """``viewer.close()`` from a script: ask once about unsaved edits, and keep the
         viewer open on Cancel (napari removes the layers before closing the window, so
         the window's close event comes too late to say no)."""
-        viewer = self.viewer
+        viewer = getattr(self.viewer, "__wrapped__", self.viewer)  # plugins get a proxy
+        if getattr(vars(viewer).get("close"), "_spineseg_guarded", False):
+            return
         original = getattr(viewer, "close", None)
-        if original is None or getattr(original, "_spineseg_guarded", False):
+        if original is None:
             return
         confirm = weakref.WeakMethod(self.confirm_close)
 
@@ -753,12 +769,18 @@ class ReviewWidget(QScrollArea):
 
     # ================================================================== current
     @property
+    def busy(self) -> bool:
+        """Panel work is still pending (a debounced refresh, a result being bound)."""
+        return self._debounce.isActive() or bool(getattr(self, "_to_bind", None))
+
+    @property
     def state(self) -> LayerReview | None:
         """The review state of the layer picked in the panel."""
         key = self.layer_combo.currentData()
         return self.states.get(key) if key is not None else None
 
     def select_layer(self, layer: Any) -> LayerReview:
+        layer = _unwrap(layer)
         state = self._bind(layer)
         if state is None:
             raise SpinesegError(
@@ -772,7 +794,7 @@ class ReviewWidget(QScrollArea):
 
     def _update_layer_combo(self, select: Any = None) -> None:
         current = self.layer_combo.currentData()
-        want = id(select) if select is not None else current
+        want = id(_unwrap(select)) if select is not None else current
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         for key, st in self.states.items():
@@ -1193,7 +1215,7 @@ class ReviewWidget(QScrollArea):
 
     # ---------------------------------------------------------------- saving
     def save(self, path: str | Path | None = None, layer: Any = None) -> Path | None:
-        state = self.states.get(id(layer)) if layer is not None else self._require()
+        state = self.states.get(id(_unwrap(layer))) if layer is not None else self._require()
         if state is None:
             raise SpinesegError(
                 f"layer {getattr(layer, 'name', layer)!r} is not a reviewed result"

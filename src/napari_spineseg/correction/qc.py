@@ -138,6 +138,27 @@ class SliceTable:
         out[has] = np.nanmin(stack[:, has], axis=0)
         return out
 
+    def summary(self) -> dict[int, ClassSummary]:
+        """Per-class size and extent from the table's areas (what :func:`summary`
+        computes from the labels, without reading them again)."""
+        s0, s1, s2 = self.spacing
+        out = {}
+        for v, name in self.classes.items():
+            counts = np.rint(self.area[v] / (s1 * s2)).astype(np.int64)
+            ext = self.extent.get(v)
+            n = int(counts.sum())
+            out[v] = ClassSummary(
+                value=v,
+                name=name,
+                voxels=n,
+                volume_mm3=n * s0 * s1 * s2,
+                first=None if ext is None else ext[0],
+                last=None if ext is None else ext[1],
+                length_mm=0.0 if ext is None else (ext[1] - ext[0] + 1) * s0,
+                area_profile=counts * (s1 * s2) if v in self.cord_classes else None,
+            )
+        return out
+
     def flagged(self) -> np.ndarray:
         """Boolean per slice: any flag raised."""
         return self.severity() > 0
