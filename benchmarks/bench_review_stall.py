@@ -118,13 +118,17 @@ def measure(viewer: Any, repeat: int = 1) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:  # (--quick: the same single measure)
     import napari
 
     if not IMAGE.exists():
         print(f"no SCT example data at {DATA}")
         return 1
-    viewer = napari.Viewer(show=True)
+    try:
+        viewer = napari.Viewer(show=True)
+    except Exception as exc:  # noqa: BLE001  no display (run under xvfb-run)
+        print(f"bench_review_stall skipped: napari cannot open a window here ({exc})")
+        return 0
     try:
         out = measure(viewer, repeat=2)
     finally:
