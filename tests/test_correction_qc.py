@@ -357,3 +357,18 @@ def test_calibration_each_fault_raises_its_flag_and_nothing_else():
         assert r["caught"] == r["faults"] > 0, r
         if r["mask"] == "t2/t2_seg-manual.nii.gz":
             assert r["other slices flagged"] == 0, r
+
+
+def test_table_summary_equals_the_summary_of_the_labels(faulty):
+    t = slice_table(faulty, SPACING, CLASSES)
+    direct = summary(faulty, SPACING, CLASSES)
+    from_table = t.summary()
+    assert direct.keys() == from_table.keys()
+    for v in direct:
+        a, b = direct[v], from_table[v]
+        assert (a.voxels, a.first, a.last, a.length_mm) == (b.voxels, b.first, b.last, b.length_mm)
+        assert a.volume_mm3 == pytest.approx(b.volume_mm3)
+        if a.area_profile is None:
+            assert b.area_profile is None
+        else:
+            np.testing.assert_allclose(a.area_profile, b.area_profile)

@@ -166,11 +166,12 @@ class LayerReview:
         self._saved_checksums = dict(self._checksums)
         self._force_dirty = False
         self.edits: EditSummary = self.tracker.diff(layer.data)
-        ready = info.get("qc_table")  # computed on the worker with the layer data
+        # computed on the worker with the layer data; used once (stale after any edit)
+        ready = info.pop("qc_table", None)
         fits = isinstance(ready, SliceTable) and ready.n_slices == self.tracker.shape[0]
         self.table: SliceTable = ready if fits else self._compute_table(None)
         #: the suffix of the cord output the worker's table checked lesions against
-        self.table_cord_suffix: str | None = info.get("qc_cord_suffix") if fits else None
+        self.table_cord_suffix: str | None = info.pop("qc_cord_suffix", None) if fits else None
         self._autosave_lock = threading.Lock()
         #: weak reference to a callable(state) told about paint/reload events (the widget)
         self.listener: Any = None
