@@ -888,10 +888,15 @@ class ReviewWidget(QScrollArea):
         headers = ["Slice", "Flags", "Conf."] + [f"{n} mm²" for n in names] + ["Comp.", "Reviewed"]
         tw = self.table_widget
         tw.setUpdatesEnabled(False)
+        header = tw.horizontalHeader()
+        # no per-item column measuring while filling (ResizeToContents re-measures on
+        # every setItem): fixed while filling, fitted once at the end
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         tw.clear()
         tw.setColumnCount(len(headers))
         tw.setHorizontalHeaderLabels(headers)
         tw.setRowCount(len(rows))
+        flagged_color = QColor(255, 140, 120)
         for r, row in enumerate(rows):
             conf = row["confidence"]
             cells = [
@@ -906,9 +911,8 @@ class ReviewWidget(QScrollArea):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, row["slice"])
                 if row["flags"] and not row["reviewed"]:
-                    item.setForeground(QColor(255, 140, 120))
+                    item.setForeground(flagged_color)
                 tw.setItem(r, c, item)
-        header = tw.horizontalHeader()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # Flags: the rest
