@@ -115,3 +115,25 @@ def test_cost_on_a_64x320x320_volume():
         hinted.append(time.perf_counter() - t0)
     assert tracker.diff(cur) == EditTracker(out).diff(cur)
     assert full < 0.5 and np.median(hinted) < 0.05  # generous bounds on a shared CPU
+
+
+def test_rebase_can_be_switched_off_and_on_with_undo_and_redo():
+    """Undoing a refine's Apply must give the old reference back (and redo the new one);
+    overlapping rebases apply in order."""
+    out = model_output()
+    tracker = EditTracker(out)
+    refined = np.zeros((3, 12, 12), np.uint8)
+    first = tracker.rebase(3, refined)  # slices 3..5 predicted empty
+    second = tracker.rebase(5, np.ones((2, 12, 12), np.uint8))  # slices 5..6 all cord
+    assert tracker.diff(out).changed_voxels == 16 + 16 + 2 * (144 - 16)  # slices 3, 4, 5, 6
+    assert tracker.set_rebase_active(second, False)
+    assert not tracker.set_rebase_active(second, False)  # already off: nothing changes
+    np.testing.assert_array_equal(tracker.model_output[5], refined[2])
+    np.testing.assert_array_equal(tracker.model_output[6], out[6])
+    tracker.set_rebase_active(first, False)
+    np.testing.assert_array_equal(tracker.model_output, out)
+    assert tracker.diff(out, slices=[]).changed_voxels == 0  # stale slices recomputed
+    tracker.set_rebase_active(second, True)
+    assert tracker.rebase_active(second) and not tracker.rebase_active(first)
+    np.testing.assert_array_equal(tracker.model_output[5:7], 1)
+    np.testing.assert_array_equal(tracker.model_output[3:5], out[3:5])

@@ -219,11 +219,73 @@ def test_edge_slices_run_must_start_near_the_end():
         edge_slices(t, n=0)
 
 
-def test_edge_slices_whole_cord_poor_is_one_slab():
+def test_edge_slices_never_suggest_the_whole_cord():
     lab = cylinder()
     lab[3:17, 0, 0] = 1
     edges = edge_slices(slice_table(lab, SPACING, CLASSES))
-    assert (edges.top, edges.bottom) == ((3, 17), None)
+    assert (edges.top, edges.bottom) == (None, None)
+    assert edges.poor_fraction == 1.0 and "poor throughout" in edges.note
+
+
+def _poor_cylinder(poor_slices) -> object:
+    """The 14-slice cylinder (slices 3..16) with an extra speck on ``poor_slices``."""
+    lab = cylinder()
+    for k in poor_slices:
+        lab[k, 0, 0] = 1
+    return slice_table(lab, SPACING, CLASSES)
+
+
+def test_edge_slab_at_most_a_third_of_the_cord():
+    # extent 14 slices: a run of 4 (<= 14/3 = 4.67) is suggested, 5 is not
+    assert edge_slices(_poor_cylinder(range(3, 7))).top == (3, 7)
+    edges = edge_slices(_poor_cylinder(range(3, 8)))
+    assert edges.top is None and "longer than 33%" in edges.note
+    assert edge_slices(_poor_cylinder(range(13, 17))).bottom == (13, 17)
+
+
+def test_poor_throughout_bound_is_half_the_cord():
+    # 7 of 14 poor (exactly 50 %): still slab-worthy at each end; 8 of 14: poor throughout
+    seven = [3, 4, 5, 8, 10, 15, 16]
+    edges = edge_slices(_poor_cylinder(seven))
+    assert (edges.top, edges.bottom, edges.poor_fraction) == ((3, 6), (15, 17), 0.5)
+    edges = edge_slices(_poor_cylinder([*seven, 12]))
+    assert (edges.top, edges.bottom) == (None, None) and edges.poor_fraction == 8 / 14
+
+
+def test_area_jump_boundary_is_exactly_30_percent():
+    """Neighbours of 100 pixels: 130 (30 %) passes, 131 fails; 70 passes, 69 fails."""
+    lab = np.zeros((7, 20, 20), np.uint8)
+    for z in range(7):
+        lab[z, :10, :10] = 1  # 100 pixels
+    spacing = (1.0, 1.0, 1.0)
+    for extra, flagged_ in ((30, False), (31, True), (-30, False), (-31, True)):
+        x = lab.copy()
+        x[3] = 0
+        n = 100 + extra
+        x[3].flat[:n] = 1  # n pixels in one component (row-major fill of 20-wide rows)
+        t = slice_table(x, spacing, {1: "sc"})
+        assert bool(t.flags["area_jump"][3]) is flagged_, (extra, t.area[1][3])
+
+
+def test_low_confidence_boundary_is_0_75():
+    lab = np.zeros((3, 8, 8), np.uint8)
+    lab[:, 2:6, 2:6] = 1
+    for p_in, flagged_ in ((0.75, False), (0.745, True), (0.25, False), (0.255, True)):
+        p = np.where(lab > 0, np.float32(p_in), np.float32(0.0))
+        # p <= 0.5 inside the labels: the labels were painted where the model said no,
+        # confidence max(p, 1-p) = 1 - p there
+        t = slice_table(lab, (1.0, 1.0, 1.0), {1: "sc"}, probabilities={"sc": p})
+        assert bool(t.flags["low_confidence"][1]) is flagged_, (p_in, t.confidence[1][1])
+
+
+def test_severity_ties_are_ranked_by_how_far_past_the_bound():
+    lab = cylinder()
+    lab[5, 0, 0] = 1  # a 1-pixel speck: 1/50 outside the largest component
+    lab[8, 0:4, 0:4] = 1  # a 16-pixel blob: 16/65
+    lab[11, 14, 14] = 1  # another speck
+    t = slice_table(lab, SPACING, CLASSES)
+    assert t.order("severity", only_flagged=True).tolist() == [8, 5, 11]
+    assert t.magnitude["extra_components"][8] == pytest.approx(16 / (A + 16))
 
 
 def _ipl(path: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -256,3 +318,57 @@ def test_empty_labels_give_an_empty_clean_table():
     t = slice_table(np.zeros((5, 8, 8), np.uint8), SPACING, CLASSES)
     assert t.extent == {1: None, 3: None} and not t.flagged().any()
     assert edge_slices(t) == EdgeSlabs(None, None)
+
+
+def _calibration():
+    """benchmarks/calibrate_flags.py: the script that recomputes docs/review.md's figures."""
+    import importlib
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return importlib.import_module("benchmarks.calibrate_flags")
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"SCT example data not at {DATA}")
+def test_calibration_manual_masks_mostly_pass():
+    rows = _calibration().manual_figures(DATA)
+    assert len(rows) == 8
+    flagged = sum(r["flagged"] for r in rows)
+    total = sum(r["slices"] for r in rows)
+    assert total == 417 and flagged <= 5  # 1.2 % (docs/review.md)
+    by_mask = {r["mask"]: r for r in rows}
+    assert by_mask["t2/t2_seg-manual.nii.gz"]["flagged"] == 0
+    # only area jumps, at the tapering ends or on 17 mm thick slices
+    assert all(set(r["by_flag"]) <= {"area_jump"} for r in rows)
+
+
+@pytest.mark.skipif(not DATA.exists(), reason=f"SCT example data not at {DATA}")
+def test_calibration_each_fault_raises_its_flag_and_nothing_else():
+    rows = _calibration().corruption_figures(DATA)
+    assert {r["fault"] for r in rows} == {
+        "slice missing",
+        "extra blob",
+        "area +50%",
+        "lesion without cord",
+    }
+    for r in rows:
+        assert r["caught"] == r["faults"] > 0, r
+        if r["mask"] == "t2/t2_seg-manual.nii.gz":
+            assert r["other slices flagged"] == 0, r
+
+
+def test_table_summary_equals_the_summary_of_the_labels(faulty):
+    t = slice_table(faulty, SPACING, CLASSES)
+    direct = summary(faulty, SPACING, CLASSES)
+    from_table = t.summary()
+    assert direct.keys() == from_table.keys()
+    for v in direct:
+        a, b = direct[v], from_table[v]
+        assert (a.voxels, a.first, a.last, a.length_mm) == (b.voxels, b.first, b.last, b.length_mm)
+        assert a.volume_mm3 == pytest.approx(b.volume_mm3)
+        if a.area_profile is None:
+            assert b.area_profile is None
+        else:
+            np.testing.assert_allclose(a.area_profile, b.area_profile)

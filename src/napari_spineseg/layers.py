@@ -19,6 +19,8 @@ Metadata contract (used by the writer and the widgets; keep these keys)::
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -43,6 +45,9 @@ UNLISTED_COLOR = (1.0, 1.0, 1.0, 1.0)
 
 #: Above this many voxels, contrast limits come from a strided sample (huge memmaps).
 CONTRAST_SAMPLE = 4_000_000
+#: Display window of images: these percentiles of the finite voxels (a robust range, as
+#: MRI viewers use, so that a few bright voxels do not make the scan look dim).
+CONTRAST_PERCENTILES = (0.5, 99.5)
 
 _TIME_UNIT_TO_S = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
@@ -66,6 +71,8 @@ def volume_layer_data(
     """
     if as_labels is None:
         as_labels = volume.looks_like_labels()
+    if as_labels and classes is None and volume.path is not None:
+        classes = classes_for_mask(volume.path)
     data = volume.display_data()
     kwargs = _spatial_kwargs(volume, leading=volume.is_4d)
     kwargs["name"] = name or volume.name
@@ -77,7 +84,7 @@ def volume_layer_data(
         return labels, kwargs, "labels"
     # Sample the file-order array: for a memory-mapped .nii it is contiguous, so the
     # sample reads a few runs of pages instead of touching the whole file.
-    kwargs["contrast_limits"] = finite_contrast_limits(volume.data)
+    kwargs["contrast_limits"] = robust_contrast_limits(volume.data)
     kwargs["colormap"] = "gray"
     return data, kwargs, "image"
 
@@ -155,6 +162,24 @@ def finite_contrast_limits(data: np.ndarray) -> tuple[float, float]:
     return (lo, hi)
 
 
+def robust_contrast_limits(
+    data: np.ndarray, percentiles: tuple[float, float] = CONTRAST_PERCENTILES
+) -> tuple[float, float]:
+    """The display window: ``percentiles`` of the finite voxels (a strided sample for
+    very large arrays); the full finite range when that window is empty (binary or
+    constant images). napari's contrast slider starts on this window; its right-click
+    menu widens it to the full range."""
+    sample = _strided(np.asanyarray(data), CONTRAST_SAMPLE)
+    if sample.dtype.kind == "f":
+        sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return (0.0, 1.0)
+    lo, hi = (float(v) for v in np.percentile(sample, percentiles))
+    if hi <= lo:
+        return finite_contrast_limits(sample)
+    return (lo, hi)
+
+
 def class_colormap(
     classes: Mapping[int, str] | None, colors: Mapping[int, Any] | None = None
 ) -> dict:
@@ -226,6 +251,67 @@ def find_volume_for(
         )
     found.sort(key=lambda item: item[0])
     return found[0][1]
+
+
+#: Masks written by SCT tools that are not ``sct_deepseg`` tasks (the tasks' own suffixes
+#: are their ``OutputSpec.suffix`` in :mod:`napari_spineseg.catalog`): sct_deepseg_sc and
+#: sct_propseg (``_seg``), sct_deepseg_gm (``_gmseg``), white matter (``_wmseg``).
+SCT_TOOL_SUFFIXES: dict[str, dict[int, str]] = {
+    "_seg": {1: "sc"},
+    "_gmseg": {1: "gm"},
+    "_wmseg": {1: "wm"},
+}
+#: What raters append to a mask's name: ``t2_seg-manual``, ``mt1_gmseg_goldstandard``.
+_RATER_QUALIFIER = re.compile(r"[-_](manual|goldstandard|gold-standard|corr|corrected)$", re.I)
+
+
+def sct_suffix_classes() -> dict[str, dict[int, str]]:
+    """SCT file suffix -> class names of the mask it names, longest suffix first."""
+    from .catalog import tasks
+
+    table: dict[str, dict[int, str]] = dict(SCT_TOOL_SUFFIXES)
+    for task in tasks():
+        for out in task.outputs:
+            table.setdefault(out.suffix, {int(v): str(n) for v, n in out.names.items()})
+    return dict(sorted(table.items(), key=lambda item: -len(item[0])))
+
+
+def classes_from_name(path: str | os.PathLike) -> tuple[str, dict[int, str]] | None:
+    """(suffix, classes) from SCT's file naming, e.g. ``t2_fake_lesion_sc_seg.nii.gz``
+    -> ("_sc_seg", {1: "sc"}), ``t2_seg-manual.nii.gz`` -> ("_seg", {1: "sc"});
+    None when the name follows no SCT convention."""
+    from .io.checks import split_nifti_name
+
+    stem = os.path.basename(split_nifti_name(path)[0])
+    stem = _RATER_QUALIFIER.sub("", stem)
+    for suffix, classes in sct_suffix_classes().items():
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return suffix, dict(classes)
+    return None
+
+
+def classes_for_mask(path: str | os.PathLike) -> dict[int, str] | None:
+    """Class names of a mask file: its JSON sidecar's ``Classes`` (what napari-spineseg
+    and its API write), else SCT's suffix (:func:`classes_from_name`), else None."""
+    from . import sidecar
+
+    entries = sidecar.read(path).get("GeneratedBy")
+    if isinstance(entries, dict):
+        entries = [entries]
+    for entry in reversed(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            continue
+        details = entry.get("napari-spineseg")
+        named = entry.get("Classes") or (
+            details.get("Classes") if isinstance(details, dict) else None
+        )
+        if isinstance(named, dict) and named:
+            try:
+                return {int(k): str(v) for k, v in named.items()}
+            except (TypeError, ValueError):
+                continue
+    found = classes_from_name(path)
+    return found[1] if found else None
 
 
 # ---------------------------------------------------------------------------- helpers

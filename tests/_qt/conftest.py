@@ -16,6 +16,10 @@ PLUGIN = "napari-spineseg"
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     import torch
+    from napari import settings as napari_settings
+
+    # the widgets set napari's reader preference on first use: never in the user's file
+    monkeypatch.setattr(napari_settings, "_SETTINGS", napari_settings.NapariSettings(None))
 
     torch.set_num_threads(1)
     monkeypatch.setenv("SPINESEG_NUM_THREADS", "1")

@@ -152,7 +152,44 @@ def result_layer_data(result, snapshot: ImageSnapshot, run: RunSpec) -> list[tup
                 kwargs[key] = tuple(kwargs[key])[-3:]
         layers.append((data, kwargs, kind))
         warm_up_label_colormap(kwargs.get("colormap"), data.dtype)
+    _precompute_tables(layers)
     return layers
+
+
+def _precompute_tables(layers: list[tuple]) -> None:
+    """The review table of each result layer, computed here on the worker (the GUI
+    thread only shows it): a lesion-only output is checked against the cord output of
+    the same run, as the Review panel pairs them."""
+    from ..correction import slice_table
+    from ..correction.qc import is_cord_name, is_lesion_name
+
+    def classes_of(kwargs: dict) -> dict[int, str]:
+        return dict(kwargs["metadata"]["spineseg"].get("classes") or {})
+
+    cords = [
+        (data, kwargs)
+        for data, kwargs, _ in layers
+        if any(is_cord_name(n) for n in classes_of(kwargs).values())
+    ]
+    for data, kwargs, _ in layers:
+        meta = kwargs["metadata"]["spineseg"]
+        classes = classes_of(kwargs)
+        if not classes or np.ndim(data) != 3:
+            continue
+        reference = None
+        names = classes.values()
+        if cords and any(map(is_lesion_name, names)) and not any(map(is_cord_name, names)):
+            cord_data, cord_kwargs = cords[0]
+            cord_values = [v for v, n in classes_of(cord_kwargs).items() if is_cord_name(n)]
+            reference = np.isin(cord_data, cord_values)
+            meta["qc_cord_suffix"] = cord_kwargs["metadata"]["spineseg"].get("suffix")
+        meta["qc_table"] = slice_table(
+            data,
+            tuple(kwargs["scale"])[-3:],
+            classes,
+            probabilities=meta.get("probabilities") or None,
+            cord_reference=reference,
+        )
 
 
 def warm_up_label_colormap(colormap: Any, dtype: np.dtype) -> None:

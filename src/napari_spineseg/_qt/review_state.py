@@ -6,8 +6,17 @@ the napari layer (its data, its undo history, its paint events) and the Qt-free 
 (``session.state``, ``session.select(layer)``).
 
 Every change goes through ``layer.data_setitem`` (one napari undo step each); the edit
-tracker compares the layer with the frozen model output; ``dirty`` means "changed since
-the last save" and drives the unsaved-edits prompt.
+tracker compares the layer with the frozen model output; ``dirty`` means "the labels
+differ from the last saved (or loaded) version" and drives the unsaved-edits prompt.
+
+Undo and redo: napari replays its history without a paint event (only a ``set_data``
+refresh, and none at all for a hidden layer), so nothing here is a log of events. Each
+:meth:`LayerReview.refresh` compares napari's undo/redo stacks with those seen at the
+previous refresh: the atoms that entered or left the undo stack name the slices to
+recompute, and every recorded fact (a tool used, a slab trimmed or refined, the refined
+reference) is tied to the history atom that applied it, so it is withdrawn when that
+atom is undone and restored when it is redone. Numbers in the saved record come from a
+full comparison of the saved array with the model output, never from the hints.
 """
 
 from __future__ import annotations
@@ -15,7 +24,9 @@ from __future__ import annotations
 import getpass
 import logging
 import threading
+import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +34,7 @@ import numpy as np
 
 from .. import correction
 from ..correction.edits import EditSummary
-from ..correction.qc import ClassSummary, EdgeSlabs, SliceTable
+from ..correction.qc import ClassSummary, EdgeSlabs, SliceTable, is_cord_name, is_lesion_name
 from ..correction.refine import SlabChange
 from ..correction.tools import Edit
 from ..errors import LabelsError, SaveRefusedError, SpinesegError
@@ -51,6 +62,63 @@ def is_reviewable(layer: Any) -> bool:
     )
 
 
+def _history(layer: Any) -> tuple[dict[int, Any], dict[int, Any], bool] | None:
+    """Atoms of napari's undo and redo stacks by id, and whether the undo stack is full.
+
+    napari keeps them in ``Labels._undo_history``/``_redo_history`` (deques of history
+    items, each a list of atoms); None when this napari has no such stacks."""
+    undo = getattr(layer, "_undo_history", None)
+    redo = getattr(layer, "_redo_history", None)
+    if undo is None or redo is None:
+        return None
+    undo_atoms = {id(a): a for item in undo for a in item}
+    redo_atoms = {id(a): a for item in redo for a in item}
+    full = undo.maxlen is not None and len(undo) >= undo.maxlen
+    return undo_atoms, redo_atoms, full
+
+
+def _atom_slices(atom: Any, n: int) -> set[int] | None:
+    """Display slices (axis 0) an undo atom changes; None when its format is unknown."""
+    try:
+        key = getattr(atom, "slice_key", None)
+        if key is not None:  # napari's _MaskedPaintAtom: a bounding box
+            return set(range(*key[0].indices(n)))
+        idx = np.asarray(atom[0][0])  # data_setitem's (indices, before, after)
+        return set(np.unique(idx).tolist()) if idx.size else set()
+    except Exception:  # noqa: BLE001  an atom format we do not know: recompute all
+        return None
+
+
+def _slice_checksums(data: np.ndarray, rows: Iterable[int] | None = None) -> dict[int, int]:
+    """CRC-32 of each axial slice (the 'changed since saved' test, ~1.5 ms per 5 MB)."""
+    data = np.asarray(data)
+    rows = range(data.shape[0]) if rows is None else rows
+    return {int(z): zlib.crc32(np.ascontiguousarray(data[z])) for z in rows}
+
+
+@dataclass
+class Fact:
+    """One recorded fact of the correction, live while the napari atom applying it is.
+
+    ``kind``: "tool" (value: its name), "trimmed" or "refined" (value: the slab);
+    ``atom``: the history atom itself (held, so its id is never reused by a new atom;
+    None: nothing to undo, or gone from napari's history: the state is final);
+    ``rebase``: the tracker's rebase handle of a refine."""
+
+    kind: str
+    value: Any
+    atom: Any
+    live: bool = True
+    rebase: int | None = None
+
+
+def _same_file(a: str | Path, b: str | Path) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
+
+
 class LayerReview:
     """Review state of one Labels layer (see the module docstring)."""
 
@@ -70,21 +138,40 @@ class LayerReview:
         self.suffix: str | None = info.get("suffix")
         self.run: dict | None = info.get("run")
         self.provenance: dict | None = info.get("provenance")
+        #: weak reference to the review state of the cord mask this lesion mask is checked
+        #: against ("lesion outside cord"): SCT writes cord and lesion as separate files
+        self.cord_partner: Any = None
+        #: a mask opened from disk (not a Segment result): saved over itself by default,
+        #: its sidecar (as loaded) extended with this session's record
+        self.from_file = (
+            self.run is None and info.get("role") == "labels" and self.volume.path is not None
+        )
+        self._loaded_sidecar: dict[str, Any] = {}
+        if self.from_file:
+            from .. import sidecar
+
+            self._loaded_sidecar = sidecar.read(self.volume.path)
         self.probabilities: dict[int, np.ndarray] = dict(info.get("probabilities") or {})
         baseline = info.get("model_output")
         if baseline is None or np.shape(baseline) != np.shape(layer.data):
             baseline = np.array(layer.data, copy=True)
         self.tracker = correction.EditTracker(baseline)
         self.spacing = tuple(float(s) for s in layer.scale[-3:])
-        self.slabs_refined: list[tuple[int, int]] = []
-        self.slabs_trimmed: list[tuple[int, int]] = []
-        self.tools_used: set[str] = set()
-        self.dirty = False
+        self.facts: list[Fact] = []
         self.saved_paths: list[Path] = []
-        self.edits: EditSummary = self.tracker.diff(layer.data)
-        self.table: SliceTable = self._compute_table(None)
+        self._seen = _history(layer)
         self._pending: set[int] = set()
         self._pending_full = False
+        self._checksums = _slice_checksums(layer.data)
+        self._saved_checksums = dict(self._checksums)
+        self._force_dirty = False
+        self.edits: EditSummary = self.tracker.diff(layer.data)
+        # computed on the worker with the layer data; used once (stale after any edit)
+        ready = info.pop("qc_table", None)
+        fits = isinstance(ready, SliceTable) and ready.n_slices == self.tracker.shape[0]
+        self.table: SliceTable = ready if fits else self._compute_table(None)
+        #: the suffix of the cord output the worker's table checked lesions against
+        self.table_cord_suffix: str | None = info.pop("qc_cord_suffix", None) if fits else None
         self._autosave_lock = threading.Lock()
         #: weak reference to a callable(state) told about paint/reload events (the widget)
         self.listener: Any = None
@@ -108,26 +195,39 @@ class LayerReview:
     def source_path(self) -> str:
         return str(self.volume.path) if self.volume.path is not None else ""
 
+    @property
+    def slabs_refined(self) -> list[tuple[int, int]]:
+        """Refined slabs whose Apply is not undone."""
+        return [f.value for f in self.facts if f.kind == "refined" and f.live]
+
+    @property
+    def slabs_trimmed(self) -> list[tuple[int, int]]:
+        return [f.value for f in self.facts if f.kind == "trimmed" and f.live]
+
+    @property
+    def tools_used(self) -> set[str]:
+        """Tools whose edits are in the labels now (an undone tool is not listed)."""
+        return {f.value for f in self.facts if f.kind == "tool" and f.live}
+
+    @property
+    def dirty(self) -> bool:
+        """The labels differ from the last saved (or loaded) version."""
+        if self._pending_full or self._pending or self.history_moved():
+            self.refresh(table=False)
+        return self._force_dirty or self._checksums != self._saved_checksums
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        """``False``: the user chose to drop the changes (they are no longer 'unsaved')."""
+        self._force_dirty = bool(value)
+        if not value:
+            self._saved_checksums = dict(self._checksums)
+
     def note_paint(self, event: Any = None) -> None:
-        """Record the slices a napari paint event touched (applied by :meth:`refresh`)."""
-        self.dirty = True
+        """A napari paint event (a new history item): schedule its slices."""
         if self.autosaver is not None:
             self.autosaver.note_edit()
-        atoms = getattr(event, "value", None) if event is not None else None
-        if not atoms:
-            self._pending_full = True
-            return
-        for atom in atoms:
-            try:
-                key = getattr(atom, "slice_key", None)
-                if key is not None:
-                    self._pending.update(range(*key[0].indices(self.tracker.shape[0])))
-                else:
-                    idx = np.asarray(atom[0][0])
-                    if idx.size:
-                        self._pending.update(np.unique(idx).tolist())
-            except Exception:  # an atom format we do not know: recompute everything
-                self._pending_full = True
+        self._pending_full = self._pending_full or self._seen is None
 
     def on_paint_event(self, event: Any = None) -> None:
         """Connected to ``layer.events.paint``."""
@@ -135,9 +235,15 @@ class LayerReview:
         self._tell()
 
     def on_reload_event(self, event: Any = None) -> None:
-        """Connected to ``layer.events.reload`` / ``data`` (undo, redo, assignment)."""
+        """Connected to ``layer.events.reload`` / ``data`` (assignment of a new array)."""
         self.note_reload(event)
         self._tell()
+
+    def on_set_data_event(self, event: Any = None) -> None:
+        """Connected to ``layer.events.set_data`` (napari's refresh after undo/redo, and
+        after every slicing): tell the listener only when the history moved."""
+        if self.history_moved():
+            self._tell()
 
     def _tell(self) -> None:
         fn = self.listener() if self.listener is not None else None
@@ -145,22 +251,86 @@ class LayerReview:
             fn(self)
 
     def note_reload(self, event: Any = None) -> None:
-        """Data changed without a paint event (undo/redo, assignment): full diff."""
+        """Data changed outside the undo history (assignment): full diff."""
         self._pending_full = True
-        self.dirty = True
 
-    def refresh(self, *, table: bool = True) -> EditSummary:
-        """Apply pending hints: update the edit summary (and the QC table)."""
+    def history_moved(self) -> bool:
+        """napari's undo/redo stacks differ from those seen at the last refresh."""
+        now = _history(self.layer)
+        if now is None or self._seen is None:
+            return True
+        return now[0].keys() != self._seen[0].keys() or now[1].keys() != self._seen[1].keys()
+
+    def _sync_history(self) -> None:
+        """Slices changed by atoms that entered or left the undo stack since the last
+        refresh, and the live state of every fact (see the module docstring)."""
+        now = _history(self.layer)
+        before, self._seen = self._seen, now
+        if now is None or before is None:
+            self._pending_full = True
+            return
+        undo, redo, full = now
+        n = self.tracker.shape[0]
+        for aid in undo.keys() ^ before[0].keys():
+            rows = _atom_slices(undo.get(aid) or before[0].get(aid), n)
+            if rows is None:
+                self._pending_full = True
+            else:
+                self._pending |= rows
+        for fact in self.facts:
+            if fact.atom is None:
+                continue
+            aid = id(fact.atom)
+            if aid in undo:
+                live = True
+            elif aid in redo:
+                live = False
+            else:  # gone from napari's history: the state is final
+                # it left the undo stack without being undone: it fell off the bottom of
+                # a full stack (permanent); otherwise it was undone and the redo stack
+                # cleared by a new edit before we looked; gone from redo: undone for good
+                live = full if aid in before[0] else fact.live if aid in before[1] else False
+                fact.atom = None
+            if live != fact.live:
+                fact.live = live
+                if fact.rebase is not None:
+                    self.tracker.set_rebase_active(fact.rebase, live)
+
+    def refresh(self, *, table: bool = True, full: bool = False) -> EditSummary:
+        """Bring the edit summary (and the QC table) up to date with the layer's data.
+
+        ``full``: compare every slice (what the saved record uses); otherwise only the
+        slices that napari's history says changed since the last refresh."""
+        self._sync_history()
         data = self.layer.data
-        if self._pending_full:
+        if full or self._pending_full:
             self.edits = self.tracker.diff(data)
-        elif self._pending:
+            self._checksums = _slice_checksums(data)
+        else:
             self.edits = self.tracker.diff(data, slices=sorted(self._pending))
+            self._checksums.update(_slice_checksums(data, self._pending))
         self._pending.clear()
         self._pending_full = False
         if table:
             self.table = self._compute_table(self.table)
         return self.edits
+
+    @property
+    def needs_cord_partner(self) -> bool:
+        """A lesion mask without a cord class (SCT's ``_lesion_seg``)."""
+        names = self.classes.values()
+        return any(is_lesion_name(n) for n in names) and not any(is_cord_name(n) for n in names)
+
+    @property
+    def cord_values(self) -> tuple[int, ...]:
+        return tuple(v for v, n in self.classes.items() if is_cord_name(n))
+
+    def cord_reference(self) -> np.ndarray | None:
+        """The paired cord mask (boolean, this layer's grid), or None."""
+        partner = self.cord_partner() if self.cord_partner is not None else None
+        if partner is None or np.shape(partner.layer.data) != np.shape(self.layer.data):
+            return None
+        return np.isin(np.asarray(partner.layer.data), partner.cord_values)
 
     def _compute_table(self, previous: SliceTable | None) -> SliceTable:
         return correction.slice_table(
@@ -168,11 +338,13 @@ class LayerReview:
             self.spacing,
             self.classes,
             probabilities=self.probabilities or None,
+            cord_reference=self.cord_reference(),
             previous=previous,
         )
 
     def summary(self) -> dict[int, ClassSummary]:
-        return correction.summary(self.layer.data, self.spacing, self.classes)
+        """Per-class size and extent, from the current table (no pass over the labels)."""
+        return self.table.summary()
 
     def edge_slabs(self, n: int = 3) -> EdgeSlabs:
         return correction.edge_slices(self.table, n=n)
@@ -180,14 +352,26 @@ class LayerReview:
     # ---------------------------------------------------------------- edits
     def apply(self, edit: Edit, tool: str) -> int:
         """Apply a tool's edit as one napari undo step; returns the voxels changed."""
-        if edit.n_voxels == 0:
-            return 0
-        self.layer.data_setitem(edit.indices, edit.values)
-        self.tools_used.add(tool)
-        self.dirty = True
-        self._pending.update(np.unique(edit.indices[0]).tolist())
+        self._apply(edit, Fact("tool", tool, None))
         self.refresh()
         return edit.n_voxels
+
+    def _apply(self, edit: Edit, *facts: Fact) -> None:
+        """``data_setitem`` as one undo step; the facts follow its history atom."""
+        atom = None  # nothing changed: nothing to undo, the fact is permanent
+        if edit.n_voxels:
+            self._sync_history()  # what happened before this edit is not ours
+            undo = getattr(self.layer, "_undo_history", None)
+            top = id(undo[-1][-1]) if undo else None
+            self.layer.data_setitem(edit.indices, edit.values)
+            if undo and id(undo[-1][-1]) != top:
+                atom = undo[-1][-1]
+        for fact in facts:
+            # an edit that changed nothing is not recorded, except a refine: its
+            # prediction still becomes the reference of the slab
+            if edit.n_voxels or fact.kind == "refined":
+                fact.atom = atom
+                self.facts.append(fact)
 
     def interpolate(self, value: int, slice_a: int, slice_b: int) -> int:
         edit = correction.interpolate_between(
@@ -206,9 +390,13 @@ class LayerReview:
     def trim(self, slab: tuple[int, int], values: Iterable[int] | None = None) -> int:
         """Clear display slices ``[start, stop)`` (one undo step)."""
         change = correction.trim_slab(self.layer.data, slab, values)
-        n = self.apply(change.edit, "trim")
-        self.slabs_trimmed.append((int(slab[0]), int(slab[1])))
-        return n
+        self._apply(
+            change.edit,
+            Fact("tool", "trim", None),
+            Fact("trimmed", (int(slab[0]), int(slab[1])), None),
+        )
+        self.refresh()
+        return change.edit.n_voxels
 
     def merge(
         self, refined: np.ndarray, crop: tuple[int, int], slab: tuple[int, int], overwrite=False
@@ -229,16 +417,17 @@ class LayerReview:
         """Apply a previewed refine (one undo step); the refined prediction becomes the
         model output of the slab, so the reviewer's kept voxels still count as edits."""
         start, stop = int(slab[0]), int(slab[1])
-        n = self.apply(change.edit, "refine")
         new = np.asarray(refined)[start - crop[0] : stop - crop[0]].astype(
             self.tracker.model_output.dtype
         )
-        self.tracker.rebase(start, new)
-        self._pending_full = True
+        handle = self.tracker.rebase(start, new)
+        self._apply(
+            change.edit,
+            Fact("tool", "refine", None),
+            Fact("refined", (start, stop), None, rebase=handle),
+        )
         self.refresh()
-        self.slabs_refined.append((start, stop))
-        self.tools_used.add("refine")
-        return n
+        return change.edit.n_voxels
 
     def restore_labels(self, labels: np.ndarray) -> int:
         """Set the layer to ``labels`` (a recovery) as one undo step."""
@@ -254,7 +443,10 @@ class LayerReview:
 
     # ---------------------------------------------------------------- export
     def default_path(self) -> Path:
-        """Beside the source with the task's SCT file name (``<image><suffix>.nii.gz``)."""
+        """Beside the source with the task's SCT file name (``<image><suffix>.nii.gz``);
+        a mask opened from disk: its own file."""
+        if self.from_file:
+            return Path(self.volume.path)
         if self.volume.path is None:
             raise SaveRefusedError(
                 f"{self.layer.name}: the image was not read from a file, so there is no default "
@@ -264,7 +456,8 @@ class LayerReview:
         return Path(self.volume.path).parent / f"{self.volume.name}{suffix}.nii.gz"
 
     def correction_record(self, author: str | None = None) -> dict:
-        self.refresh(table=False)
+        """The correction record of the labels as they are now (full comparison)."""
+        self.refresh(table=False, full=True)
         return correction.correction_record(
             author or getpass.getuser(),
             classes=self.classes,
@@ -273,7 +466,11 @@ class LayerReview:
             slabs_trimmed=self.slabs_trimmed,
             tools_used=sorted(self.tools_used),
             reviewed_slices=self.table.reviewed_slices(),
-            extra={"Layer": str(self.layer.name), "Task": (self.run or {}).get("task")},
+            extra={
+                "Layer": str(self.layer.name),
+                "Task": (self.run or {}).get("task"),
+                "Classes": {str(k): v for k, v in self.classes.items()},
+            },
         )
 
     def save(self, path: str | Path | None = None, author: str | None = None) -> Path:
@@ -283,14 +480,15 @@ class LayerReview:
         from ..io import save_labels
 
         target = Path(path) if path is not None else self.default_path()
+        record = self.correction_record(author)  # from the very array written below
         labels = self.volume.geometry.to_file(np.asarray(self.layer.data))
-        written = Path(save_labels(labels, target, like=self.volume))
-        existing: dict[str, Any] = {}
+        itself = self.from_file and _same_file(target, self.volume.path)
+        written = Path(save_labels(labels, target, like=self.volume, replace_like=itself))
+        existing: dict[str, Any] = dict(self._loaded_sidecar)
         if self.provenance:
             entry = sidecar.generated_by(self.provenance, output=self.suffix)
             entry["Classes"] = {str(k): v for k, v in self.classes.items()}
             existing = {"GeneratedBy": [entry]}
-        record = self.correction_record(author)
         details = record["napari-spineseg"]
         touched = (
             details.get("VoxelsChangedTotal")
@@ -300,16 +498,28 @@ class LayerReview:
         )
         data = correction.extend_sidecar(existing, record) if touched or not existing else existing
         sidecar.write(written, data)
-        self.dirty = False
+        self.dirty = False  # the checksums of the saved array (refreshed above)
         self.saved_paths.append(written)
         if self.autosaver is not None:
             self.autosaver.discard()
         return written
 
+    def needs_confirmation(self, path: str | Path | None = None) -> Path | None:
+        """The file a save to ``path`` would replace when this session did not write it
+        (a reference mask of the same name: ask first), else None."""
+        target = Path(path) if path is not None else self.default_path()
+        if not target.exists() or any(_same_file(target, p) for p in self.saved_paths):
+            return None
+        return target
+
     # ---------------------------------------------------------------- autosave
     def autosave_snapshot(self, force: bool = False) -> tuple[np.ndarray, dict] | None:
         """A copy of the labels to autosave (GUI thread), or None when nothing is due."""
-        if self.autosaver is None or not self.dirty:
+        if self.autosaver is None:
+            return None
+        if self.history_moved():
+            self.refresh(table=False)
+        if not self.dirty:
             return None
         if not (force or self.autosaver.due()):
             return None

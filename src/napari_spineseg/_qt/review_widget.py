@@ -23,6 +23,7 @@ offered back when the same image is segmented or opened again.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from qtpy.QtWidgets import (
     QScrollArea,
     QSizePolicy,
     QSpinBox,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -71,6 +73,8 @@ FLAG_LABELS = {
     "low_confidence": "low confidence",
 }
 DEBOUNCE_MS = 200
+#: rows of the slice table visible at least
+TABLE_ROWS = 10
 AUTOSAVE_POLL_MS = 2000
 
 
@@ -91,6 +95,19 @@ def ask_unsaved(parent: QWidget | None, title: str, text: str) -> str:
         QMessageBox.StandardButton.Save: "save",
         QMessageBox.StandardButton.Discard: "discard",
     }.get(QMessageBox.StandardButton(answer), "cancel")
+
+
+def ask_replace(parent: QWidget | None, text: str) -> bool:
+    """Default replace prompt: Replace / Cancel (Cancel is the default)."""
+    box = QMessageBox(parent)
+    box.setIcon(QMessageBox.Icon.Warning)
+    box.setWindowTitle("Replace a mask?")
+    box.setText(text)
+    replace = box.addButton("Replace", QMessageBox.ButtonRole.DestructiveRole)
+    cancel = box.addButton(QMessageBox.StandardButton.Cancel)
+    box.setDefaultButton(cancel)
+    box.exec()
+    return box.clickedButton() is replace
 
 
 def ask_recovery(parent: QWidget | None, text: str) -> str:
@@ -115,9 +132,28 @@ class Sparkline(QWidget):
         self.values = np.zeros(0)
         self.flagged = np.zeros(0, bool)
         self.current: int | None = None
+        #: called with the slice index of a clicked bar
+        self.on_click: Callable[[int], None] | None = None
         self.setMinimumHeight(56)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
-        self.setToolTip("Cord cross-sectional area (mm²) per slice, superior (left) to inferior")
+        self.setToolTip(
+            "Cord cross-sectional area (mm²) per slice, superior (left) to inferior; "
+            "click a bar to show that slice"
+        )
+        self.setCursor(Qt.CursorShape.PointingHandCursor)
+
+    def slice_at(self, x: float) -> int | None:
+        """The slice whose bar is at ``x`` pixels from the left (None when empty)."""
+        n = self.values.size
+        if n == 0 or self.width() <= 0:
+            return None
+        return int(np.clip(x * n / self.width(), 0, n - 1))
+
+    def mousePressEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        index = self.slice_at(event.position().x())
+        if index is not None and self.on_click is not None:
+            self.on_click(index)
+        super().mousePressEvent(event)
 
     def set_data(self, values: np.ndarray, flagged: np.ndarray, current: int | None) -> None:
         self.values = np.asarray(values, float)
@@ -148,11 +184,85 @@ class Sparkline(QWidget):
         p.end()
 
 
+#: Display axes (I, P, L convention, docs/architecture.md): letters at index 0 and at the end
+_AXIS_LETTERS = (("S", "I"), ("A", "P"), ("R", "L"))
+_VIEW_NAMES = {(1, 2): "axial", (0, 1): "sagittal", (0, 2): "coronal"}
+ORIENTATION_OVERLAY = "spineseg_orientation"
+
+
+def orientation_text(order: tuple[int, ...], ndisplay: int) -> str:
+    """The canvas orientation line for napari's dims order, e.g. axial
+    ``"axial   ↑A  ↓P  ←R  →L"``; empty in 3D display or for fewer than 3 axes."""
+    if ndisplay != 2 or len(order) < 3:
+        return ""
+    lead = len(order) - 3
+    row, col = (int(a) - lead for a in order[-2:])
+    if min(row, col) < 0:
+        return ""
+    (top, bottom), (left, right) = _AXIS_LETTERS[row], _AXIS_LETTERS[col]
+    view = _VIEW_NAMES.get(tuple(sorted((row, col))), "")
+    return f"{view}   ↑{top}  ↓{bottom}  ←{left}  →{right}".strip()
+
+
+def _unwrap(obj: Any) -> Any:
+    """The object behind napari's plugin proxy (states are keyed by the real layer)."""
+    return getattr(obj, "__wrapped__", obj)
+
+
 def _same_run(a: Any, b: Any) -> bool:
     """Two result layers of one Segment run (their outputs share one provenance record)."""
     pa = (spineseg_meta(a) or {}).get("provenance")
     pb = (spineseg_meta(b) or {}).get("provenance")
     return pa is not None and pa is pb
+
+
+DOCK_PROPERTY = "napari_spineseg_dock"
+
+
+def tabify_with_siblings(widget: QWidget) -> bool:
+    """Put the dock holding ``widget`` in one tab stack with the other napari-spineseg
+    dock in its area (Segment + Review), whichever way they were opened: from the
+    Plugins menu napari stacks them, and the Segment form squeezes the Review panel to
+    a sliver. Returns True when it tabified."""
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = widget
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parentWidget()
+    main = dock.parentWidget() if dock is not None else None
+    if dock is None or not isinstance(main, QMainWindow):
+        return False
+    area = main.dockWidgetArea(dock)
+    for other in main.findChildren(QDockWidget):
+        if other is dock or other.isFloating() or main.dockWidgetArea(other) != area:
+            continue
+        inner = other.widget()
+        marked = inner is not None and (
+            inner.property(DOCK_PROPERTY)
+            or any(w.property(DOCK_PROPERTY) for w in inner.findChildren(QWidget))
+        )
+        if marked and dock not in main.tabifiedDockWidgets(other):
+            main.tabifyDockWidget(other, dock)
+            return True
+    return False
+
+
+class DockTabber(QObject):
+    """Event filter: on the first show of a napari-spineseg widget (docked by then),
+    tabify it with its sibling (see :func:`tabify_with_siblings`)."""
+
+    def __init__(self, widget: QWidget) -> None:
+        super().__init__(widget)
+        widget.setProperty(DOCK_PROPERTY, True)
+        self._done = False
+        widget.installEventFilter(self)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt API)
+        if not self._done and event.type() == QEvent.Type.Show:
+            self._done = True
+            target = weakref.ref(obj)
+            QTimer.singleShot(0, lambda: (w := target()) is not None and tabify_with_siblings(w))
+        return False
 
 
 class _CloseGuard(QObject):
@@ -175,11 +285,18 @@ class ReviewWidget(QScrollArea):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self.viewer = viewer
+        from .._reader import ensure_reader_preference, route_viewer_open
+
+        ensure_reader_preference()  # drag and drop, File > Open
+        route_viewer_open(viewer)  # viewer.open(path) from a script
         self.states: dict[int, LayerReview] = {}
         #: unsaved-edits prompt: (title, text) -> "save" | "discard" | "cancel"
         self.prompt: Callable[[str, str], str] = lambda t, x: ask_unsaved(self, t, x)
         #: recovery prompt: text -> "restore" | "discard" | "ignore"
         self.prompt_recovery: Callable[[str], str] = lambda x: ask_recovery(self, x)
+        #: replace prompt (a file this session did not write): text -> True to replace
+        self.prompt_replace: Callable[[str], bool] = lambda x: ask_replace(self, x)
+        self._closing = False
         self.autosave_dir: str | None = None  # None: the per-user cache
         self.worker = None
         self._cancel: CancelToken | None = None
@@ -189,6 +306,7 @@ class ReviewWidget(QScrollArea):
         self.last_outcome = ""
         self.last_error: BaseException | None = None
         self._build()
+        self._tabber = DockTabber(self)
         self._debounce = QTimer(self)
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(DEBOUNCE_MS)
@@ -200,9 +318,14 @@ class ReviewWidget(QScrollArea):
         viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_removed)
         viewer.dims.events.current_step.connect(self._on_dims)
+        viewer.dims.events.order.connect(self._update_orientation)
+        viewer.dims.events.ndisplay.connect(self._update_orientation)
+        viewer.layers.events.inserted.connect(self._update_orientation)
         for layer in list(viewer.layers):
             self._bind(layer)
         self._update_layer_combo()
+        self._update_orientation()
+        self._guard_viewer_close()
         QTimer.singleShot(0, self._install_close_guard)
 
     # ================================================================== layout
@@ -224,6 +347,7 @@ class ReviewWidget(QScrollArea):
         self.summary_label.setWordWrap(True)
         lay.addWidget(self.summary_label)
         self.sparkline = Sparkline()
+        self.sparkline.on_click = self.go_to_slice  # clicking a bar shows that slice
         lay.addWidget(self.sparkline)
         root.addWidget(box)
 
@@ -246,8 +370,18 @@ class ReviewWidget(QScrollArea):
         self.table_widget.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table_widget.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table_widget.verticalHeader().setVisible(False)
-        self.table_widget.setMinimumHeight(200)
+        # at least TABLE_ROWS rows visible; the splitter below the box makes it taller
+        rows_px = TABLE_ROWS * self.table_widget.verticalHeader().defaultSectionSize()
+        self.table_widget.setMinimumHeight(rows_px + 30)
+        self.table_widget.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        # every column visible: no horizontal scrollbar, the Flags column takes the rest
+        self.table_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.table_widget.setWordWrap(False)
         self.table_widget.cellClicked.connect(lambda r, c: self._on_row_clicked(r))
+        # arrow keys (and any other way the current row moves) move the viewer too
+        self.table_widget.currentCellChanged.connect(
+            lambda r, c, pr, pc: self._on_row_clicked(r) if r >= 0 and r != pr else None
+        )
         lay.addWidget(self.table_widget)
         row = QHBoxLayout()
         self.review_button = QPushButton("Mark selected reviewed")
@@ -259,7 +393,23 @@ class ReviewWidget(QScrollArea):
         row.addWidget(self.review_button, 1)
         row.addWidget(self.unreview_button)
         lay.addLayout(row)
-        root.addWidget(box)
+        # the table and the tools share a splitter: drag its handle to resize the table
+        self.splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(box)
+        tools = QWidget()
+        root_outer, root = root, QVBoxLayout(tools)
+        root.setContentsMargins(0, 0, 0, 0)
+        # the tools scroll on their own, so the splitter can give the table any height
+        tools_area = QScrollArea()
+        tools_area.setWidget(tools)
+        tools_area.setWidgetResizable(True)
+        tools_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        tools_area.setMinimumHeight(120)
+        self.splitter.addWidget(tools_area)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 0)
+        root_outer.addWidget(self.splitter, 1)
 
         # --- correct
         box = QGroupBox("Correct")
@@ -403,11 +553,11 @@ class ReviewWidget(QScrollArea):
         self.save_label.setWordWrap(True)
         lay.addWidget(self.save_label)
         root.addWidget(box)
-        root.addStretch(1)
         self._set_preview_buttons()
 
     # ================================================================== binding
     def _bind(self, layer: Any) -> LayerReview | None:
+        layer = _unwrap(layer)
         if id(layer) in self.states or not is_reviewable(layer):
             return self.states.get(id(layer))
         state = LayerReview(layer, autosave_dir=self.autosave_dir)
@@ -418,12 +568,59 @@ class ReviewWidget(QScrollArea):
         layer.events.paint.connect(state.on_paint_event)
         layer.events.reload.connect(state.on_reload_event)
         layer.events.data.connect(state.on_reload_event)
+        layer.events.set_data.connect(state.on_set_data_event)
         layer.events.name.connect(self._on_layer_renamed)
+        self._pair_cord_layers()
         self._offer_recovery(state)
         return state
 
+    def _pair_cord_layers(self) -> None:
+        """Give each lesion-only mask the cord mask of its grid ("lesion outside cord").
+
+        Preference: the cord output of the same Segment run, then a cord mask whose file
+        name has the same stem (``t2_lesion_seg`` / ``t2_sc_seg``), then any cord mask
+        drawn on the same grid."""
+        from ..layers import classes_from_name
+
+        def stem(st: LayerReview) -> str:
+            name = str(st.layer.name)
+            found = classes_from_name(name + ".nii.gz")
+            return name[: -len(found[0])] if found else name
+
+        for st in self.states.values():
+            if not st.needs_cord_partner:
+                continue
+            best: tuple[int, LayerReview] | None = None
+            for other in self.states.values():
+                if (
+                    other is st
+                    or not other.cord_values
+                    or np.shape(other.layer.data) != np.shape(st.layer.data)
+                    or not np.allclose(other.layer.scale[-3:], st.layer.scale[-3:])
+                    or not np.allclose(other.layer.translate[-3:], st.layer.translate[-3:])
+                ):
+                    continue
+                rank = (
+                    0 if _same_run(st.layer, other.layer) else 1 if stem(st) == stem(other) else 2
+                )
+                if best is None or rank < best[0]:
+                    best = (rank, other)
+            partner = best[1] if best is not None else None
+            current = st.cord_partner() if st.cord_partner is not None else None
+            if partner is not current:
+                st.cord_partner = weakref.ref(partner) if partner is not None else None
+                precomputed = (
+                    partner is not None
+                    and st.table_cord_suffix is not None
+                    and st.table_cord_suffix == partner.suffix
+                    and _same_run(st.layer, partner.layer)
+                )
+                if not precomputed:  # the worker checked it against this cord already
+                    st.table = st._compute_table(st.table)
+                st.table_cord_suffix = None
+
     def _on_inserted(self, event) -> None:
-        layer = event.value
+        layer = _unwrap(event.value)
         idx = self._removing.pop(id(layer), None)
         if idx is not None:  # re-inserted after "Cancel": keep its state
             self._update_layer_combo()
@@ -433,15 +630,17 @@ class ReviewWidget(QScrollArea):
             current = self.state
             same_run = current is not None and _same_run(current.layer, layer)
             self._update_layer_combo(select=None if same_run else layer)
+            self._raise_dock()
 
     def _on_removed(self, event) -> None:
-        layer = event.value
+        layer = _unwrap(event.value)
         state = self.states.get(id(layer))
         if state is None:
             return
         if self._preview is not None and self._preview.get("state") is state:
             self.discard_preview()
-        if state.dirty:
+        state.refresh(table=False)
+        if state.dirty and not self._closing:
             answer = self.prompt(
                 "Unsaved edits",
                 f"'{layer.name}' has unsaved edits ({state.refresh(table=False).changed_voxels} "
@@ -453,16 +652,52 @@ class ReviewWidget(QScrollArea):
                 return
             if answer == "save":
                 try:
-                    state.save()
+                    saved = self._save_state(state)
                 except SpinesegError as exc:
                     self._notify(exc)
+                    saved = None
+                if saved is None:
                     self._removing[id(layer)] = event.index
                     QTimer.singleShot(0, lambda: self.viewer.layers.insert(event.index, layer))
                     return
             elif state.autosaver is not None:
                 state.autosaver.discard()
         self.states.pop(id(layer), None)
+        self._pair_cord_layers()
         self._update_layer_combo()
+
+    def _guard_viewer_close(self) -> None:
+        """``viewer.close()`` from a script: ask once about unsaved edits, and keep the
+        viewer open on Cancel (napari removes the layers before closing the window, so
+        the window's close event comes too late to say no)."""
+        viewer = getattr(self.viewer, "__wrapped__", self.viewer)  # plugins get a proxy
+        if getattr(vars(viewer).get("close"), "_spineseg_guarded", False):
+            return
+        original = getattr(viewer, "close", None)
+        if original is None:
+            return
+        confirm = weakref.WeakMethod(self.confirm_close)
+
+        def close(*args: Any, **kwargs: Any) -> Any:
+            fn = confirm()
+            if fn is not None and not fn():
+                return None
+            return original(*args, **kwargs)
+
+        close._spineseg_guarded = True  # type: ignore[attr-defined]
+        # a viewer type that forbids it keeps the window close guard only
+        with contextlib.suppress(AttributeError, TypeError):
+            object.__setattr__(viewer, "close", close)
+
+    def _raise_dock(self) -> None:
+        """Bring this panel's tab forward (a result to review has arrived)."""
+        from qtpy.QtWidgets import QDockWidget
+
+        dock = self.parentWidget()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parentWidget()
+        if dock is not None:
+            dock.raise_()
 
     def _install_close_guard(self) -> None:
         window = self.window()
@@ -477,8 +712,13 @@ class ReviewWidget(QScrollArea):
         self._install_close_guard()
 
     def confirm_close(self) -> bool:
-        """Ask about every layer with unsaved edits; False when the user cancels."""
+        """Ask about every layer with unsaved edits; False when the user cancels.
+
+        Once confirmed, the layer removals of the closing viewer ask nothing more."""
+        if self._closing:
+            return True
         for state in list(self.states.values()):
+            state.refresh(table=False)
             if not state.dirty:
                 continue
             answer = self.prompt(
@@ -489,7 +729,8 @@ class ReviewWidget(QScrollArea):
                 return False
             if answer == "save":
                 try:
-                    state.save()
+                    if self._save_state(state) is None:
+                        return False  # the user would not replace a file: stay open
                 except SpinesegError as exc:
                     self._notify(exc)
                     return False
@@ -497,7 +738,12 @@ class ReviewWidget(QScrollArea):
                 state.dirty = False
                 if state.autosaver is not None:
                     state.autosaver.discard()
+        self._closing = True
+        QTimer.singleShot(0, self._end_closing)
         return True
+
+    def _end_closing(self) -> None:
+        self._closing = False
 
     def _offer_recovery(self, state: LayerReview) -> None:
         try:
@@ -523,12 +769,18 @@ class ReviewWidget(QScrollArea):
 
     # ================================================================== current
     @property
+    def busy(self) -> bool:
+        """Panel work is still pending (a debounced refresh, a result being bound)."""
+        return self._debounce.isActive() or bool(getattr(self, "_to_bind", None))
+
+    @property
     def state(self) -> LayerReview | None:
         """The review state of the layer picked in the panel."""
         key = self.layer_combo.currentData()
         return self.states.get(key) if key is not None else None
 
     def select_layer(self, layer: Any) -> LayerReview:
+        layer = _unwrap(layer)
         state = self._bind(layer)
         if state is None:
             raise SpinesegError(
@@ -542,7 +794,7 @@ class ReviewWidget(QScrollArea):
 
     def _update_layer_combo(self, select: Any = None) -> None:
         current = self.layer_combo.currentData()
-        want = id(select) if select is not None else current
+        want = id(_unwrap(select)) if select is not None else current
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         for key, st in self.states.items():
@@ -564,6 +816,8 @@ class ReviewWidget(QScrollArea):
             n = state.tracker.shape[0]
             for sb in (self.interp_a, self.interp_b, self.slab_first, self.slab_last):
                 sb.setRange(0, n - 1)
+            if state.needs_cord_partner:  # its cord may have been edited meanwhile
+                state.table = state._compute_table(state.table)
         self.class_combo.blockSignals(False)
         self._update_panel()
         if state is not None and self.slab_first.value() == 0 and self.slab_last.value() == 0:
@@ -587,6 +841,14 @@ class ReviewWidget(QScrollArea):
                     f"<b>{s.name}</b>: {s.volume_mm3:.0f} mm³, slices {s.first}–{s.last} "
                     f"({s.length_mm:.0f} mm)"
                 )
+        if state.needs_cord_partner:
+            partner = state.cord_partner() if state.cord_partner is not None else None
+            lines.append(
+                f"Lesions checked against the cord of <i>{partner.layer.name}</i>."
+                if partner is not None
+                else "No cord mask on this grid: open the _sc_seg mask to check that "
+                "lesions lie in the cord."
+            )
         self.summary_label.setText("<br>".join(lines))
         profiles = [s.area_profile for s in summ.values() if s.area_profile is not None]
         csa = np.sum(profiles, axis=0) if profiles else np.zeros(state.tracker.shape[0])
@@ -626,10 +888,15 @@ class ReviewWidget(QScrollArea):
         headers = ["Slice", "Flags", "Conf."] + [f"{n} mm²" for n in names] + ["Comp.", "Reviewed"]
         tw = self.table_widget
         tw.setUpdatesEnabled(False)
+        header = tw.horizontalHeader()
+        # no per-item column measuring while filling (ResizeToContents re-measures on
+        # every setItem): fixed while filling, fitted once at the end
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
         tw.clear()
         tw.setColumnCount(len(headers))
         tw.setHorizontalHeaderLabels(headers)
         tw.setRowCount(len(rows))
+        flagged_color = QColor(255, 140, 120)
         for r, row in enumerate(rows):
             conf = row["confidence"]
             cells = [
@@ -644,11 +911,11 @@ class ReviewWidget(QScrollArea):
                 item = QTableWidgetItem(text)
                 item.setData(Qt.ItemDataRole.UserRole, row["slice"])
                 if row["flags"] and not row["reviewed"]:
-                    item.setForeground(QColor(255, 140, 120))
+                    item.setForeground(flagged_color)
                 tw.setItem(r, c, item)
-        header = tw.horizontalHeader()
+        header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # Flags: the rest
         tw.setUpdatesEnabled(True)
 
     def table_slices(self) -> list[int]:
@@ -671,8 +938,7 @@ class ReviewWidget(QScrollArea):
 
     def _refresh_current(self) -> None:
         for state in self.states.values():
-            if state._pending or state._pending_full:
-                state.refresh(table=state is self.state)
+            state.refresh(table=state is self.state)
         self._update_panel()
 
     def _on_dims(self, event=None) -> None:
@@ -680,6 +946,27 @@ class ReviewWidget(QScrollArea):
         if state is not None:
             self.sparkline.current = self.current_slice()
             self.sparkline.update()
+
+    def _update_orientation(self, event: Any = None) -> None:
+        """Orientation letters of the current view on the canvas (napari-spineseg layers
+        are in the I, P, L display convention)."""
+        overlays = getattr(getattr(self.viewer, "canvas", None), "overlays", None)
+        if overlays is None:
+            return
+        text = ""
+        if any(spineseg_meta(ly) for ly in self.viewer.layers):
+            text = orientation_text(tuple(self.viewer.dims.order), self.viewer.dims.ndisplay)
+        overlay = overlays.get(ORIENTATION_OVERLAY) if hasattr(overlays, "get") else None
+        if overlay is None:
+            from napari.components.overlays import TextOverlay
+
+            overlay = TextOverlay(position="bottom_left", font_size=12, color="yellow")
+            try:
+                overlays[ORIENTATION_OVERLAY] = overlay
+            except (TypeError, ValueError, KeyError):
+                return
+        overlay.text = text
+        overlay.visible = bool(text)
 
     def _on_row_clicked(self, row: int) -> None:
         item = self.table_widget.item(row, 0)
@@ -787,6 +1074,8 @@ class ReviewWidget(QScrollArea):
                 f"Suggested: poor slices {slab[0]}–{slab[1] - 1} at the "
                 f"{'superior' if slab is edges.top else 'inferior'} end of the cord."
             )
+        elif edges.note:
+            self.refine_label.setText(f"No slab suggested: {edges.note}.")
         else:
             self.refine_label.setText("No poor slices at the ends of the cord.")
         return slab
@@ -863,6 +1152,8 @@ class ReviewWidget(QScrollArea):
             name=f"{state.layer.name} refine preview",
             scale=state.layer.scale,
             translate=state.layer.translate,
+            units=state.layer.units,  # else napari warns "Inconsistent units"
+            axis_labels=state.layer.axis_labels,
             opacity=0.9,
         )
         layer.colormap = state.layer.colormap
@@ -905,8 +1196,11 @@ class ReviewWidget(QScrollArea):
 
     def discard_preview(self) -> None:
         pv, self._preview = self._preview, None
-        if pv is not None and pv["layer"] in self.viewer.layers:
-            self.viewer.layers.remove(pv["layer"])
+        if pv is not None:
+            if pv["layer"] in self.viewer.layers:
+                self.viewer.layers.remove(pv["layer"])
+            # the "Preview ... Apply or Discard" line is stale now (Apply writes its own)
+            self.refine_label.setText("Preview discarded: nothing changed.")
         self._set_preview_buttons()
 
     @property
@@ -924,20 +1218,37 @@ class ReviewWidget(QScrollArea):
         return self.last_outcome
 
     # ---------------------------------------------------------------- saving
-    def save(self, path: str | Path | None = None, layer: Any = None) -> Path:
-        state = self.states.get(id(layer)) if layer is not None else self._require()
+    def save(self, path: str | Path | None = None, layer: Any = None) -> Path | None:
+        state = self.states.get(id(_unwrap(layer))) if layer is not None else self._require()
         if state is None:
             raise SpinesegError(
                 f"layer {getattr(layer, 'name', layer)!r} is not a reviewed result"
             )
-        written = state.save(path)
+        written = self._save_state(state, path)
+        if written is None:
+            self.save_label.setText("Not saved: the existing file was kept.")
+            return None
         self.save_label.setText(f"Saved {written} (+ .json).")
         self._update_edits_label()
         return written
 
+    def _save_state(self, state: LayerReview, path: str | Path | None = None) -> Path | None:
+        """Save, asking first before replacing a file this session did not write."""
+        existing = state.needs_confirmation(path)
+        if existing is not None and not self.prompt_replace(
+            f"{existing} exists and was not written in this session (a reference mask?). "
+            "Replace it? Its previous version is kept under .spineseg-history/."
+        ):
+            return None
+        return state.save(path)
+
     def save_all(self) -> list[Path]:
-        out = [st.save() for st in list(self.states.values())]
-        self.save_label.setText("Saved " + ", ".join(p.name for p in out) + " (+ .json).")
+        out = [p for st in list(self.states.values()) if (p := self._save_state(st))]
+        self.save_label.setText(
+            ("Saved " + ", ".join(p.name for p in out) + " (+ .json).")
+            if out
+            else "Nothing saved."
+        )
         self._update_edits_label()
         return out
 
@@ -954,6 +1265,8 @@ class ReviewWidget(QScrollArea):
     # ---------------------------------------------------------------- autosave
     def autosave(self, force: bool = False, block: bool = False) -> list[threading.Thread]:
         """Write due recovery files off the GUI thread (copies are taken here)."""
+        if any(st.history_moved() for st in self.states.values()):
+            self._refresh_current()  # undo/redo of a hidden layer: the panel follows too
         threads = []
         for state in list(self.states.values()):
             snap = state.autosave_snapshot(force=force)

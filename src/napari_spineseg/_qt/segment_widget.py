@@ -56,6 +56,10 @@ class SegmentWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
+        from .._reader import ensure_reader_preference, route_viewer_open
+
+        ensure_reader_preference()  # drag and drop, File > Open
+        route_viewer_open(viewer)  # viewer.open(path) from a script
         self._tasks = {t.id: t for t in api.tasks()}
         self.image = create_widget(annotation="napari.layers.Image", label="Image")
         self.task = ComboBox(
@@ -133,6 +137,9 @@ class SegmentWidget(Container):
         self.on_results: list[Callable[[list[Any]], None]] = []
         self.task.value = "lesion_sci_t2" if "lesion_sci_t2" in self._tasks else self.task.value
         self._on_task()
+        from .review_widget import DockTabber
+
+        self._tabber = DockTabber(self.native)  # one tab stack with the Review panel
 
     # ------------------------------------------------------------------ state
     @property
@@ -208,6 +215,27 @@ class SegmentWidget(Container):
             test_time_aug=bool(self.test_time_aug.value),
         )
 
+    def show_run(self, run: RunSpec) -> None:
+        """Set the form to ``run`` (task, custom model, device, options), so the widget
+        shows what a scripted run (``napari_spineseg.review(model=...)``) is doing."""
+        task = run.task if run.task in self._tasks else CUSTOM if run.model else None
+        if task is not None:
+            self.task.value = task
+        self.model.value = run.model or ""
+        self.trust.value = bool(run.trust)
+        if run.device in self.device.choices:
+            self.device.value = run.device
+        self._on_task()  # the task's defaults, then the run's own options
+        if run.threshold is not None and self.threshold.enabled:
+            self.threshold.value = run.threshold
+        if run.largest is not None:
+            self.largest.value = bool(run.largest)
+        if run.fill_holes is not None:
+            self.fill_holes.value = bool(run.fill_holes)
+        if run.remove_small is not None:
+            self.remove_small.value = str(run.remove_small)
+        self.test_time_aug.value = bool(run.test_time_aug)
+
     def _set_busy(self, kind: str) -> None:
         self._kind = kind
         busy = bool(kind)
@@ -245,6 +273,8 @@ class SegmentWidget(Container):
             if layer is None:
                 raise SpinesegError("no image layer: open a NIfTI image first")
             snapshot = ImageSnapshot.of(layer)
+            if run is not None:
+                self.show_run(run)
             run = run or self.run_spec()
         except SpinesegError as exc:
             self._fail(exc)

@@ -1,10 +1,18 @@
 """What the reviewer changed: the current labels against the model's output.
 
-The widget calls :meth:`EditTracker.diff` after every paint event to show "n voxels
-edited on slices ..." and, at save time, to write the provenance record. The tracker
-keeps per-slice, per-class counts and recomputes only the slices a paint event touched
-(``bbox=`` / ``slices=`` hints): on a 64x320x320 uint8 volume a hinted call takes about
-0.1-0.5 ms and a full comparison 2-20 ms (measured on a loaded 2-core CPU).
+Edit statistics are *derived from the data*, never from a log of paint events: undo and
+redo in napari replay history without a paint event, so a log would drift from the
+truth. The widget calls :meth:`EditTracker.diff` with the slices that may have changed
+(found from napari's undo history, see ``_qt/review_state.py``) to show "n voxels edited
+on slices ..."; the saved record always uses a full comparison (``diff(current)``).
+The tracker keeps per-slice, per-class counts and recomputes only the hinted slices: on a
+64x320x320 uint8 volume a hinted call takes about 0.1-0.5 ms and a full comparison
+1.5-20 ms (measured on a loaded 2-core CPU).
+
+A crop-and-refine makes the refined prediction the model output of its slab
+(:meth:`EditTracker.rebase`); undoing that refine in napari must give the old reference
+back, so each rebase is kept and can be switched off and on again
+(:meth:`EditTracker.set_rebase_active`).
 """
 
 from __future__ import annotations
@@ -72,7 +80,10 @@ class EditTracker:
         if original.size and original.min() < 0:
             raise LabelsError("EditTracker: label values must not be negative")
         original.flags.writeable = False
+        self._first_output = original
         self._original = original
+        #: rebases in the order they were made: [start, values, active]
+        self._rebases: list[list] = []
         n = original.shape[0]
         k = int(original.max()) + 1 if original.size else 1
         self._added = np.zeros((n, k), dtype=np.int64)
@@ -89,17 +100,45 @@ class EditTracker:
     def shape(self) -> tuple[int, ...]:
         return self._original.shape
 
-    def rebase(self, start: int, new_values: np.ndarray) -> None:
+    def rebase(self, start: int, new_values: np.ndarray) -> int:
         """Replace the baseline on slices ``start:start+len(new_values)`` (after a
-        crop-and-refine: the refined prediction is the new model output there)."""
-        new_values = np.asarray(new_values)
+        crop-and-refine: the refined prediction is the new model output there).
+
+        Returns a handle for :meth:`set_rebase_active` (undo/redo of the refine)."""
+        new_values = np.array(new_values, dtype=self._original.dtype, copy=True)
         stop = start + new_values.shape[0]
         if start < 0 or stop > self.shape[0] or new_values.shape[1:] != self.shape[1:]:
             raise LabelsError(
                 f"rebase: {new_values.shape} at slice {start} does not fit {self.shape}"
             )
+        new_values.flags.writeable = False
+        self._rebases.append([int(start), new_values, True])
+        self._rebuild(int(start), stop)
+        return len(self._rebases) - 1
+
+    def set_rebase_active(self, handle: int, active: bool) -> bool:
+        """Switch a rebase off (its refine was undone) or on again (redone).
+
+        The baseline of its slab becomes the first model output with the rebases still
+        active applied in order. Returns True when anything changed."""
+        entry = self._rebases[handle]
+        if entry[2] == bool(active):
+            return False
+        entry[2] = bool(active)
+        self._rebuild(entry[0], entry[0] + entry[1].shape[0])
+        return True
+
+    def rebase_active(self, handle: int) -> bool:
+        return bool(self._rebases[handle][2])
+
+    def _rebuild(self, start: int, stop: int) -> None:
         original = self._original.copy()
-        original[start:stop] = new_values
+        original[start:stop] = self._first_output[start:stop]
+        for a, values, active in self._rebases:
+            b = a + values.shape[0]
+            lo, hi = max(a, start), min(b, stop)
+            if active and lo < hi:
+                original[lo:hi] = values[lo - a : hi - a]
         original.flags.writeable = False
         self._original = original
         self._stale.update(range(start, stop))

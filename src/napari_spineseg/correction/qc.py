@@ -45,6 +45,18 @@ from scipy import ndimage
 
 from ..errors import LabelsError
 
+#: A non-lesion class's area differing from its neighbours' median by more than this
+#: fraction of it raises ``area_jump`` (calibrated: docs/review.md, "Flag calibration").
+JUMP_TOLERANCE = 0.30
+#: Model confidence below this raises ``low_confidence``.
+LOW_CONFIDENCE = 0.75
+#: A crop-and-refine slab is suggested only when the poor run at an end of the cord is at
+#: most this fraction of the cord's length ...
+MAX_SLAB_FRACTION = 1 / 3
+#: ... and never when more than this fraction of the cord's slices is poor: the model
+#: does not fit the image, and refining a slab will not fix that.
+POOR_THROUGHOUT = 0.5
+
 #: Weight of each flag in the severity used to sort slices (higher first).
 FLAG_WEIGHTS: dict[str, int] = {
     "empty": 8,
@@ -97,6 +109,9 @@ class SliceTable:
     class_flags: dict[str, dict[int, np.ndarray]]
     flags: dict[str, np.ndarray]
     reviewed: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    #: how far past its bound each flag is, 0..1 per slice (ranks slices of equal
+    #: severity: a 2-voxel speck after a blob half the size of the cord)
+    magnitude: dict[str, np.ndarray] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ per-slice values
     def severity(self) -> np.ndarray:
@@ -106,6 +121,13 @@ class SliceTable:
             sev += weight * self.flags[name]
         return sev
 
+    def badness(self) -> np.ndarray:
+        """Sum over the raised flags of their :attr:`magnitude` (0 = clean)."""
+        out = np.zeros(self.n_slices)
+        for name, mag in self.magnitude.items():
+            out += np.where(self.flags[name], mag, 0.0)
+        return out
+
     def slice_confidence(self) -> np.ndarray:
         """Lowest class confidence on each slice (NaN where no class has one)."""
         if not self.confidence:
@@ -114,6 +136,27 @@ class SliceTable:
         out = np.full(self.n_slices, np.nan)
         has = ~np.all(np.isnan(stack), axis=0)
         out[has] = np.nanmin(stack[:, has], axis=0)
+        return out
+
+    def summary(self) -> dict[int, ClassSummary]:
+        """Per-class size and extent from the table's areas (what :func:`summary`
+        computes from the labels, without reading them again)."""
+        s0, s1, s2 = self.spacing
+        out = {}
+        for v, name in self.classes.items():
+            counts = np.rint(self.area[v] / (s1 * s2)).astype(np.int64)
+            ext = self.extent.get(v)
+            n = int(counts.sum())
+            out[v] = ClassSummary(
+                value=v,
+                name=name,
+                voxels=n,
+                volume_mm3=n * s0 * s1 * s2,
+                first=None if ext is None else ext[0],
+                last=None if ext is None else ext[1],
+                length_mm=0.0 if ext is None else (ext[1] - ext[0] + 1) * s0,
+                area_profile=counts * (s1 * s2) if v in self.cord_classes else None,
+            )
         return out
 
     def flagged(self) -> np.ndarray:
@@ -130,7 +173,8 @@ class SliceTable:
     ) -> np.ndarray:
         """Slice indices in review order.
 
-        ``by="severity"``: most severe first, then least confident, then superior first.
+        ``by="severity"``: most severe first, then furthest past the flags' bounds
+        (:meth:`badness`), then least confident, then superior first.
         ``by="confidence"``: least confident first (slices without confidence last), then
         most severe. ``by="slice"``: superior to inferior.
         """
@@ -139,7 +183,7 @@ class SliceTable:
         conf = self.slice_confidence()
         conf_key = np.where(np.isnan(conf), np.inf, conf)
         if by == "severity":
-            order = np.lexsort((idx, conf_key, -sev))
+            order = np.lexsort((idx, conf_key, -self.badness(), -sev))
         elif by == "confidence":
             order = np.lexsort((idx, -sev, conf_key))
         elif by == "slice":
@@ -241,20 +285,34 @@ def _extent(counts: np.ndarray) -> tuple[int, int] | None:
     return (int(nz[0]), int(nz[-1])) if nz.size else None
 
 
-def _components_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Number of 8-connected 2D components on each axial slice (one 3D label call)."""
+def _components_per_slice(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Number of 8-connected 2D components on each axial slice (one 3D label call), and
+    the fraction of the slice's voxels outside its largest component."""
     lab, n = ndimage.label(mask, structure=_SLICE_8CONN)
     out = np.zeros(mask.shape[0], dtype=int)
-    for obj in ndimage.find_objects(lab):
+    largest = np.zeros(mask.shape[0], dtype=np.int64)
+    total = np.zeros(mask.shape[0], dtype=np.int64)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    for k, obj in enumerate(ndimage.find_objects(lab), start=1):
         if obj is not None:
-            out[obj[0].start] += 1  # every object lies on exactly one slice
-    return out
+            z = obj[0].start  # every object lies on exactly one slice
+            out[z] += 1
+            total[z] += sizes[k]
+            largest[z] = max(largest[z], sizes[k])
+    outside = np.zeros(mask.shape[0])
+    has = total > 0
+    outside[has] = 1.0 - largest[has] / total[has]
+    return out, outside
 
 
-def _area_jump(area: np.ndarray, ext: tuple[int, int] | None, tolerance: float) -> np.ndarray:
+def _area_jump(
+    area: np.ndarray, ext: tuple[int, int] | None, tolerance: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flag, and the relative deviation from the neighbours' median (0..1)."""
     flag = np.zeros(area.shape[0], bool)
+    deviation = np.zeros(area.shape[0])
     if ext is None:
-        return flag
+        return flag, deviation
     first, last = ext
     for i in range(first, last + 1):
         nb = [area[j] for j in range(i - 2, i + 3) if j != i and first <= j <= last]
@@ -262,7 +320,8 @@ def _area_jump(area: np.ndarray, ext: tuple[int, int] | None, tolerance: float) 
             continue
         med = float(np.median(nb))
         flag[i] = med > 0 and abs(area[i] - med) > tolerance * med
-    return flag
+        deviation[i] = min(1.0, abs(area[i] - med) / med) if med > 0 else 0.0
+    return flag, deviation
 
 
 def _confidence(labels_c: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -303,8 +362,8 @@ def slice_table(
     lesion_classes: Iterable[int] | None = None,
     *,
     cord_reference: np.ndarray | None = None,
-    low_confidence: float = 0.75,
-    jump_tolerance: float = 0.30,
+    low_confidence: float = LOW_CONFIDENCE,
+    jump_tolerance: float = JUMP_TOLERANCE,
     previous: SliceTable | None = None,
 ) -> SliceTable:
     """Compute the per-slice QC table of ``labels`` (display orientation, axis 0 = S->I).
@@ -338,11 +397,13 @@ def slice_table(
     area, comps, conf, extent = {}, {}, {}, {}
     class_flags: dict[str, dict[int, np.ndarray]] = {f: {} for f in FLAGS}
     no_flag = np.zeros(n_slices, bool)
+    magnitude = {f: np.zeros(n_slices) for f in FLAGS}
+    magnitude["empty"][:] = magnitude["lesion_outside_cord"][:] = 1.0
     for v, name in classes.items():
         mask = labels == v
         counts = mask.sum(axis=(1, 2))
         area[v] = counts * pixel_mm2
-        comps[v] = _components_per_slice(mask)
+        comps[v], outside = _components_per_slice(mask)
         extent[v] = ext = _extent(counts)
         p = probabilities.get(name, probabilities.get(v))
         if p is not None:
@@ -359,12 +420,18 @@ def slice_table(
         if v in cord and ext is not None:
             empty[ext[0] : ext[1] + 1] = counts[ext[0] : ext[1] + 1] == 0
         class_flags["empty"][v] = empty
-        class_flags["area_jump"][v] = (
-            no_flag.copy() if v in lesion else _area_jump(area[v], ext, jump_tolerance)
-        )
+        jump, deviation = _area_jump(area[v], ext, jump_tolerance)
+        class_flags["area_jump"][v] = no_flag.copy() if v in lesion else jump
         class_flags["extra_components"][v] = (comps[v] > 1) if v in cord else no_flag.copy()
-        with np.errstate(invalid="ignore"):
-            class_flags["low_confidence"][v] = np.nan_to_num(conf[v], nan=1.0) < low_confidence
+        conf_or_1 = np.nan_to_num(conf[v], nan=1.0)
+        class_flags["low_confidence"][v] = conf_or_1 < low_confidence
+        for flag, mag in (
+            ("area_jump", np.where(jump, deviation, 0.0) if v not in lesion else None),
+            ("extra_components", outside if v in cord else None),
+            ("low_confidence", np.clip((low_confidence - conf_or_1) / low_confidence, 0, 1)),
+        ):
+            if mag is not None:
+                magnitude[flag] = np.maximum(magnitude[flag], mag)
         class_flags["lesion_outside_cord"][v] = no_flag.copy()
 
     if lesion:
@@ -398,6 +465,7 @@ def slice_table(
         class_flags=class_flags,
         flags=flags,
         reviewed=reviewed,
+        magnitude=magnitude,
     )
 
 
@@ -452,20 +520,32 @@ def summary(
 @dataclass(frozen=True)
 class EdgeSlabs:
     """Suggested slabs (half-open ``(start, stop)`` display slice ranges) of poor slices
-    at the superior (``top``) and inferior (``bottom``) ends of the cord; None if clean."""
+    at the superior (``top``) and inferior (``bottom``) ends of the cord; None if there is
+    none worth refining. ``note`` says why nothing is suggested (e.g. poor throughout);
+    ``poor_fraction`` is the fraction of the cord's slices that are poor."""
 
     top: tuple[int, int] | None
     bottom: tuple[int, int] | None
+    note: str = ""
+    poor_fraction: float = 0.0
 
 
-def edge_slices(table: SliceTable, n: int = 3) -> EdgeSlabs:
+def edge_slices(
+    table: SliceTable,
+    n: int = 3,
+    *,
+    max_fraction: float = MAX_SLAB_FRACTION,
+    poor_throughout: float = POOR_THROUGHOUT,
+) -> EdgeSlabs:
     """Prefill for crop-and-refine: the run of poor slices at each end of the cord.
 
     A slice is poor when it is flagged and not marked reviewed. The cord extent is that
     of the cord classes (all classes if there is none). ``top`` is the contiguous run of
     poor slices whose first slice lies within the first ``n`` slices of the extent;
-    ``bottom`` likewise from the last slice upwards. When both runs overlap (the whole
-    cord is poor) they are merged into ``top`` and ``bottom`` is None.
+    ``bottom`` likewise from the last slice upwards. A run longer than ``max_fraction``
+    of the extent is not suggested, and nothing is when more than ``poor_throughout`` of
+    the extent is poor: a slab is for a poor *end*, never the whole cord (the model does
+    not fit the image; ``note`` says so).
     """
     if n < 1:
         raise ValueError(f"edge_slices(n={n}): n must be at least 1")
@@ -475,7 +555,18 @@ def edge_slices(table: SliceTable, n: int = 3) -> EdgeSlabs:
         return EdgeSlabs(None, None)
     first = min(e[0] for e in exts)
     last = max(e[1] for e in exts)
+    length = last - first + 1
     poor = table.flagged() & ~table.reviewed
+    fraction = float(poor[first : last + 1].sum()) / length
+    if fraction > poor_throughout:
+        return EdgeSlabs(
+            None,
+            None,
+            f"{fraction:.0%} of the cord's slices are flagged: the result is poor "
+            "throughout, so refining a slab will not fix it (check the task and the "
+            "image contrast, or re-run the model)",
+            fraction,
+        )
 
     top = None
     for i in range(first, min(first + n, last + 1)):
@@ -493,6 +584,14 @@ def edge_slices(table: SliceTable, n: int = 3) -> EdgeSlabs:
                 j -= 1
             bottom = (j, i + 1)
             break
-    if top is not None and bottom is not None and bottom[0] < top[1]:
-        top, bottom = (min(top[0], bottom[0]), max(top[1], bottom[1])), None
-    return EdgeSlabs(top, bottom)
+    note = ""
+    limit = max_fraction * length
+    for slab in (top, bottom):
+        if slab is not None and slab[1] - slab[0] > limit:
+            note = (
+                f"the poor run {slab[0]}–{slab[1] - 1} is longer than "
+                f"{max_fraction:.0%} of the cord: review it slice by slice"
+            )
+    top = top if top is not None and top[1] - top[0] <= limit else None
+    bottom = bottom if bottom is not None and bottom[1] - bottom[0] <= limit else None
+    return EdgeSlabs(top, bottom, note, fraction)

@@ -1,0 +1,65 @@
+"""Small display facts of the widgets: the refine preview's units and status line, and the
+Segment form showing the run a script started."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCT = Path(__file__).resolve().parents[3] / "shared" / "data" / "sct_testing_data"
+CORD = SCT / "t2" / "t2_seg-manual.nii.gz"
+
+
+@pytest.mark.skipif(not CORD.exists(), reason=f"SCT example data not at {SCT}")
+def test_preview_has_the_layers_units_and_discard_clears_its_text(qtbot, tmp_path, monkeypatch):
+    from napari.components import ViewerModel
+    from napari.layers import Layer
+
+    from napari_spineseg._qt.review_widget import ReviewWidget
+    from napari_spineseg._reader import read_nifti
+
+    monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "autosave"))
+    viewer = ViewerModel()
+    ((data, kwargs, kind),) = read_nifti(CORD)
+    layer = viewer.add_layer(Layer.create(data, kwargs, kind))
+    widget = ReviewWidget(viewer)
+    qtbot.addWidget(widget)
+    state = widget.select_layer(layer)
+    refined = np.zeros((10, *layer.data.shape[1:]), np.uint8)  # a stand-in prediction
+    ctx = {"state": state, "slab": (22, 28), "crop": (20, 30), "overwrite": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # napari warns "Inconsistent units across layers"
+        widget._on_refined(ctx, refined)
+    preview = widget.preview_layer
+    assert preview is not None and tuple(preview.units) == tuple(layer.units)
+    assert "Apply or Discard" in widget.refine_label.text()
+    widget.discard_preview()
+    assert preview not in viewer.layers
+    assert widget.refine_label.text() == "Preview discarded: nothing changed."
+
+
+def test_segment_form_shows_the_custom_model_a_script_started(qtbot):
+    from napari.components import ViewerModel
+
+    from napari_spineseg._qt.jobs import RunSpec
+    from napari_spineseg._qt.segment_widget import CUSTOM, SegmentWidget
+    from napari_spineseg.demo import demo_model_folder
+
+    widget = SegmentWidget(ViewerModel())
+    qtbot.addWidget(widget.native)
+    assert widget.task.value == "lesion_sci_t2"
+    run = RunSpec(task=None, model=str(demo_model_folder()), trust=True, remove_small="5vox")
+    widget.show_run(run)
+    assert widget.task.value == CUSTOM
+    assert Path(str(widget.model.value)) == demo_model_folder()
+    assert widget.trust.value and widget.remove_small.value == "5vox"
+    shown = widget.run_spec()  # what the form would run is what the script runs
+    assert (shown.task, shown.model, shown.trust, shown.remove_small) == (
+        None,
+        run.model,
+        True,
+        "5vox",
+    )
