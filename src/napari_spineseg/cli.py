@@ -128,6 +128,17 @@ def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
     p.add_argument("-remove-small", dest="remove_small", nargs="+", metavar="N[vox|mm3]")
     p.add_argument("-test-time-aug", dest="tta", action="store_true")
     p.add_argument(
+        "-sct-compat",
+        dest="sct_compat",
+        action="store_true",
+        help="Reproduce sct_deepseg's voxels where our defaults differ: on multi-label "
+        "outputs (rootlets, spine) -largest/-remove-small treat all labels as one object "
+        "(default: per label) and -fill-holes needs -thr; -thr binarises nnU-Net outputs "
+        "with '> thr' (default: ignored); -thr 0 on gm_sc_7t_t2star gives SCT 7.3's "
+        "all-ones masks (default: soft); -remove-small values that SCT refuses are an "
+        "error. See docs/tasks.md.",
+    )
+    p.add_argument(
         "-label-vert",
         dest="label_vert",
         type=int,
@@ -242,6 +253,7 @@ def _cmd_segment(args, out, bar) -> int:
             test_time_aug=args.tta,
             return_probabilities=False,
             label_vert=bool(args.label_vert),
+            sct_compat=args.sct_compat,
         )
         bar.done()
         for note in result.provenance.get("notes", []):
@@ -280,6 +292,7 @@ def _cmd_batch(args, out) -> int:
         remove_small=args.remove_small,
         test_time_aug=args.tta,
         label_vert=bool(args.label_vert),
+        sct_compat=args.sct_compat,
         progress=None if args.quiet else progress,
     )
     out.write(summary(items) + "\n")
