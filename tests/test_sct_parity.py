@@ -313,6 +313,7 @@ NNUNET_TOKENS = [
     ["10mm3", "20"],  # unit on the first token: SCT takes 'vox' from the last, int fails
     ["2.5"],  # int() refuses decimals
     ["10VOX"],  # the unit is case-sensitive for SCT
+    ["10,20vox"],  # int('10,20') fails; ours: two values, one per output file
     ["10", "20", "30"],
 ]
 
@@ -423,6 +424,7 @@ TOKENS_7T = [
     ["5vox"],  # one value for two classes: ValueError (length mismatch)
     ["5mm"],  # 'mm' lets it through, then int('5mm') fails
     ["2.5vox", "2vox"],
+    ["2,4vox"],  # int('2,4') fails; ours: one per class
 ]
 
 
@@ -482,6 +484,35 @@ def test_7t_threshold_boundary_is_inclusive(model_7t):
         probs, {"binarize_prediction": {"thr": 0.5}}, {"binarize_prediction": 0.5}, (1, 1, 1)
     )
     np.testing.assert_array_equal(out, expected)
+
+
+def test_threshold_range(model_7t, region_model):
+    """Default: [0, 1]. SCT mode: any finite number, with SCT's result."""
+    lab = rootlets_volume()
+    img = nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4))
+    run = {"model": region_model, "trust": True, "device": "cpu"}
+    with pytest.raises(SpinesegError, match=r"between 0 and 1, got 2\.0 \(with sct_compat"):
+        api.segment(img, threshold=2.0, **run)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(SpinesegError, match="threshold must be between 0 and 1"):
+            api.segment(img, threshold=bad, sct_compat=True, **run)
+    # nnU-Net, SCT: `if threshold:` then data > thr; -1 makes every voxel 1
+    out = _split(ROOTLETS, rootlets_prediction(lab), sct_compat=True, threshold=-1.0)
+    np.testing.assert_array_equal(out["_rootlets"].labels, sct_postprocess(lab, (1,), -1.0))
+    assert out["_rootlets"].labels.all()
+    # 7T, SCT: ivadomed binarises at >= 1.5 (nothing); -1 is ivadomed's "no binarisation"
+    probs = _probs_7t()
+    for thr in (1.5, -1.0):
+        steps, soft = model_7t._postprocessing_steps(thr, 0, False, False, sct_compat=True)
+        options = {"binarize_prediction": thr, "keep_largest": 0, "fill_holes": 0}
+        post = {k: v for k, v in model_7t.postprocessing.items() if k != "remove_small"}
+        expected = ivadomed_postprocess(probs, post, options, (1, 1, 1))
+        np.testing.assert_array_equal(
+            model_7t._apply_postprocessing(probs, steps, (1,) * 3), expected
+        )
+        assert soft == (thr < 0)
+    with pytest.raises(SpinesegError, match=r"threshold must be in \[0, 1\]"):
+        model_7t._postprocessing_steps(1.5, 0, False, False)
 
 
 def test_7t_thr_zero(model_7t):

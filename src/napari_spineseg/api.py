@@ -11,6 +11,7 @@ napari, Qt or torch at import time.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -180,8 +181,13 @@ def segment(
     report.check()
     spec, folder, url, sha = _resolve_model(task, model, trust, report)
     volume = _as_volume(image_or_path)
-    if threshold is not None and not 0 <= float(threshold) <= 1:
-        raise SpinesegError(f"threshold must be between 0 and 1, got {threshold}")
+    if threshold is not None and not (
+        0 <= float(threshold) <= 1 or (sct_compat and math.isfinite(float(threshold)))
+    ):
+        raise SpinesegError(
+            f"threshold must be between 0 and 1, got {threshold} (with sct_compat, any "
+            "finite number, as sct_deepseg takes)"
+        )
     settings = Settings(
         threshold=None if threshold is None else float(threshold),
         largest=largest,

@@ -63,14 +63,14 @@ class MinSize:
 
 
 def split_tokens(values: str | int | float | Sequence[str | int | float]) -> list[str]:
-    """Command-line tokens of a ``-remove-small`` value: a list as given; a string is split
-    on spaces and commas (the widget's and the API's one-string form)."""
+    """The values of a ``-remove-small`` setting, split on spaces and commas (a list of
+    command-line tokens, or the widget's and the API's one-string form)."""
     if isinstance(values, str | int | float):
-        return str(values).replace(",", " ").split()
-    return [str(v) for v in values]
+        values = [values]
+    return [t for v in values for t in str(v).replace(",", " ").split()]
 
 
-def parse_remove_small(values: str | Sequence[str] | None) -> list[MinSize]:
+def parse_remove_small(values: str | int | float | Sequence[str] | None) -> list[MinSize]:
     """Parse ``-remove-small`` our friendly way: ``5mm3`` or ``10 20 10vox``.
 
     A unit written on any token applies to the tokens without one (SCT writes it once, on

@@ -46,7 +46,7 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from ..errors import ModelNotInstalledError, SpinesegError, TaskError
-from ..postprocess import MinSize, parse_remove_small, split_tokens
+from ..postprocess import MinSize, parse_remove_small
 from .base import Prediction, cpu_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -218,7 +218,7 @@ def min_sizes_per_class(value: Any, n_classes: int) -> list[MinSize]:
     elif isinstance(value, list | tuple) and all(isinstance(v, MinSize) for v in value):
         sizes = list(value)
     else:
-        sizes = parse_remove_small(split_tokens(value))
+        sizes = parse_remove_small(value)
     if len(sizes) == 1:
         return sizes * n_classes
     if len(sizes) != n_classes:
@@ -506,7 +506,7 @@ class IvadomedOnnxModel:
         soft = False
         if threshold is not None:
             thr = float(threshold)
-            if thr > 1:
+            if not math.isfinite(thr) or (thr > 1 and not sct_compat):
                 raise SpinesegError(
                     f"threshold must be in [0, 1] (0 = soft output), got {threshold}"
                 )
