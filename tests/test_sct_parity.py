@@ -475,6 +475,19 @@ def test_remove_small_tokens_7t(model_7t, tokens):
             assert sizes == (friendly * 2 if len(friendly) == 1 else friendly)
 
 
+def test_7t_catalog_default_is_an_sct_command_line_for_the_json_default(model_7t):
+    """The widget shows the task default; run as is it must be SCT's, without a note."""
+    tokens = list(GM_SC_7T.postprocess.remove_small)
+    probs = _probs_7t()
+    sizes, notes = Settings(remove_small=tuple(tokens), sct_compat=True).min_sizes(GM_SC_7T)
+    assert notes == []
+    steps, _ = model_7t._postprocessing_steps(None, sizes, False, False)
+    expected = _ivadomed_outcome(tokens, probs, model_7t.postprocessing, (1, 1, 1))
+    np.testing.assert_array_equal(model_7t._apply_postprocessing(probs, steps, (1,) * 3), expected)
+    steps, _ = model_7t._postprocessing_steps(None, None, False, False)  # the JSON's own
+    np.testing.assert_array_equal(model_7t._apply_postprocessing(probs, steps, (1,) * 3), expected)
+
+
 def test_7t_threshold_boundary_is_inclusive(model_7t):
     probs = _probs_7t()
     steps, _ = model_7t._postprocessing_steps(0.5, 0, False, False)

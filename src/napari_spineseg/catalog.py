@@ -311,7 +311,9 @@ GM_SC_7T = TaskSpec(
     ),
     # The model JSON asks for binarize 0.5 + remove_small 3 vox; SCT 7's defaults
     # (-largest 0, -fill-holes 0) delete keep_largest/fill_holes from that config.
-    postprocess=PostprocessSpec(threshold=0.5, remove_small=("3vox",)),
+    # remove_small as an sct_deepseg command line that SCT accepts (one per class, unit on
+    # the last value) and that reproduces the JSON's 3 voxels per class.
+    postprocess=PostprocessSpec(threshold=0.5, remove_small=("3", "3vox")),
     url="https://github.com/ivadomed/model_seg_gm-wm_t2star_7t_unet3d-multiclass",
     sct_model="model_7t_multiclass_gm_sc_unet2d",
     flags=("thr",),
