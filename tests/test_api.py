@@ -102,7 +102,7 @@ def test_segment_real_nnunet_engine_region_model(image, region_model, tmp_path):
     )
     assert list(res.outputs) == ["_sc_seg", "_lesion_seg"]
     raw = NnunetModel.load(region_model, device="cpu", trust=True)
-    raw.orientation = "LAS"  # the task's orientation (the random model has none)
+    raw.orientation = "RAS"  # SCT's fallback: no image_orientation, not RegionBasedLesionSeg
     labels = raw.predict(nib.load(image)).maps["labels"]
     sc, lesion = res.outputs["_sc_seg"].labels, res.outputs["_lesion_seg"].labels
     assert sc.shape == nib.load(image).shape  # file voxel order

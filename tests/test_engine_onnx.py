@@ -25,10 +25,12 @@ from napari_spineseg.engines.base import Prediction
 from napari_spineseg.engines.ivadomed_onnx import (
     MODEL_NAME,
     IvadomedOnnxModel,
-    parse_remove_small,
+    min_sizes_per_class,
+    normalize_instance,
 )
 from napari_spineseg.errors import Cancelled, ModelNotInstalledError, SpinesegError
 from napari_spineseg.phantom import cord_phantom
+from napari_spineseg.postprocess import MinSize
 from napari_spineseg.progress import CancelToken, Reporter
 
 HERE = Path(__file__).resolve().parent
@@ -61,6 +63,16 @@ def _in_ras(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 # Independent reference: ivadomed segment_volume + SCT's options, written out plainly.
 # ------------------------------------------------------------------------------------------
+
+
+def _ivadomed_normalize(crop: np.ndarray) -> np.ndarray:
+    """ivadomed ``transforms.NormalizeInstance.__call__`` on the tensor ``NumpyToTensor`` made."""
+    import torch
+
+    sample = torch.from_numpy(np.ascontiguousarray(crop))
+    if sample.std() < 1e-5:
+        return (sample - sample.mean()).numpy()
+    return ((sample - sample.mean()) / sample.std()).numpy()
 
 
 def reference_segment(folder: Path, image: nib.Nifti1Image) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +108,7 @@ def reference_segment(folder: Path, image: nib.Nifti1Image) -> tuple[np.ndarray,
             for j in range(tw):
                 if 0 <= fh + i < h and 0 <= fw + j < w:
                     crop[i, j] = res[fh + i, fw + j]
-        crop = (crop - crop.mean()) / crop.std()
+        crop = _ivadomed_normalize(crop)
         out = session.run(None, {"input": crop[None, None].astype(np.float32)})[0][0]
         for c in range(2):
             back = np.zeros((h, w), dtype=np.float32)
@@ -193,14 +205,47 @@ def test_remove_small_uses_18_connectivity_per_class(model):
 
 
 def test_remove_small_settings_and_bad_values(model):
-    assert parse_remove_small("5mm3", (0.5, 0.5, 2.0), 2) == [10, 10]
-    assert parse_remove_small(["10", "20", "10vox"], (1, 1, 1), 2) == [10, 20]
-    assert parse_remove_small({"unit": "vox", "thr": 3}, (1, 1, 1), 2) == [3, 3]
-    with pytest.raises(SpinesegError, match="remove_small"):
-        parse_remove_small("three", (1, 1, 1), 2)
+    assert min_sizes_per_class("5mm3", 2) == [MinSize(5, "mm3")] * 2
+    assert [m.voxels((0.5, 0.5, 2.0)) for m in min_sizes_per_class("5mm3", 2)] == [10, 10]
+    assert min_sizes_per_class(["10", "20vox"], 2) == [MinSize(10), MinSize(20)]
+    assert min_sizes_per_class({"unit": "vox", "thr": 3}, 2) == [MinSize(3)] * 2
+    assert min_sizes_per_class({"unit": "mm3", "thr": [4, 8]}, 2) == [
+        MinSize(4, "mm3"),
+        MinSize(8, "mm3"),
+    ]
+    with pytest.raises(SpinesegError, match="3 values for 2 classes"):
+        min_sizes_per_class(["10", "20", "10vox"], 2)
+    with pytest.raises(SpinesegError, match="cannot read 'three'"):
+        min_sizes_per_class("three", 2)
+    with pytest.raises(SpinesegError, match="unit must be 'vox' or 'mm3'"):
+        min_sizes_per_class({"unit": "cm3", "thr": 3}, 2)
     img = nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4))
     with pytest.raises(SpinesegError, match="threshold"):
         model.predict(img, Reporter(), threshold=1.5)
+
+
+def test_normalize_instance_is_ivadomeds_to_the_bit():
+    """Unbiased std on a float32 tensor, and centring only below std 1e-5 (not == 0)."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    for k in range(40):
+        x = rng.standard_normal((128, 128)) * rng.uniform(1, 3000) + rng.uniform(0, 2000)
+        x = x.astype(np.float32)
+        x[: k % 50] = 0  # background rows, as a crop past the edge of the slice
+        ours = normalize_instance(x)
+        assert ours.dtype == np.float32
+        np.testing.assert_array_equal(ours, _ivadomed_normalize(x))
+    # the numpy population std would differ: this guards the N - 1
+    t = torch.from_numpy(x)
+    assert not np.array_equal(ours, (x - x.mean()) / x.std())
+    assert float(t.std()) == pytest.approx(x.std(ddof=1), rel=1e-6)
+    # std just below 1e-5 (but not 0): only centred, as ivadomed
+    flat = np.full((128, 128), 100.0, np.float32)
+    flat[0, 0] += 1e-3  # unbiased std ~7.8e-6
+    assert 0 < float(torch.from_numpy(flat).std()) < 1e-5
+    np.testing.assert_array_equal(normalize_instance(flat), flat - np.float32(flat.mean()))
+    np.testing.assert_array_equal(normalize_instance(flat), _ivadomed_normalize(flat))
 
 
 def test_keep_largest_and_fill_holes_when_switched_on(model):

@@ -11,6 +11,7 @@ napari, Qt or torch at import time.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import catalog
 from .catalog import TaskSpec
 from .errors import SaveRefusedError, SpinesegError, TaskError
-from .postprocess import MinSize, parse_remove_small
+from .postprocess import MinSize, split_tokens
 from .progress import CancelToken, ProgressCallback, Reporter
 from .segmentation import LabelOutput, SegmentationResult, Settings
 
@@ -87,18 +88,16 @@ def _as_volume(image_or_path) -> Volume:
     )
 
 
-def _min_sizes(remove_small) -> tuple[MinSize, ...] | None:
+def _min_sizes(remove_small) -> tuple[str, ...] | None:
+    """``-remove-small`` tokens: a list as given (SCT reads the tokens themselves), a string
+    split on spaces/commas, a number or ``MinSize`` written with its unit."""
     if remove_small is None:
         return None
-    if isinstance(remove_small, MinSize):
-        return (remove_small,)
-    if isinstance(remove_small, int | float) and not isinstance(remove_small, bool):
-        remove_small = [str(remove_small)]
-    if isinstance(remove_small, Sequence) and not isinstance(remove_small, str):
-        if all(isinstance(m, MinSize) for m in remove_small):
-            return tuple(remove_small)
-        remove_small = [str(m) for m in remove_small]
-    return tuple(parse_remove_small(remove_small))
+    if isinstance(remove_small, MinSize | int | float) and not isinstance(remove_small, bool):
+        remove_small = [remove_small]
+    if isinstance(remove_small, str):
+        return tuple(split_tokens(remove_small))
+    return tuple(str(MinSize(m) if isinstance(m, int | float) else m) for m in remove_small)
 
 
 def _resolve_model(task, model, trust: bool, report: Reporter):
@@ -159,6 +158,7 @@ def segment(
     test_time_aug: bool = False,
     return_probabilities: bool = True,
     label_vert: bool = False,
+    sct_compat: bool = False,
 ) -> SegmentationResult:
     """Segment an image with a task's model; nothing is written (see :func:`save`).
 
@@ -167,9 +167,11 @@ def segment(
     ``fill_holes``, ``remove_small`` (``"5mm3"`` or ``["10", "20vox"]`` per output) and
     ``test_time_aug`` (and ``label_vert`` for ``spine``) are SCT's ``-thr``, ``-largest``,
     ``-fill-holes``, ``-remove-small``, ``-test-time-aug`` (``-label-vert``);
-    None keeps the task's SCT default. ``progress`` receives
-    :class:`~napari_spineseg.progress.Progress`; ``cancel`` aborts at the next report
-    (raises :class:`~napari_spineseg.errors.Cancelled`).
+    None keeps the task's SCT default. ``sct_compat``: where our defaults differ from
+    ``sct_deepseg`` (multi-label files, ``-thr`` on nnU-Net tasks, ``-thr 0`` on 7T,
+    ``-remove-small`` values SCT refuses), do what SCT does (docs/tasks.md).
+    ``progress`` receives :class:`~napari_spineseg.progress.Progress`; ``cancel`` aborts
+    at the next report (raises :class:`~napari_spineseg.errors.Cancelled`).
 
     Returns masks in the *file voxel order* of the input, one per SCT output file.
     """
@@ -179,8 +181,13 @@ def segment(
     report.check()
     spec, folder, url, sha = _resolve_model(task, model, trust, report)
     volume = _as_volume(image_or_path)
-    if threshold is not None and not 0 <= float(threshold) <= 1:
-        raise SpinesegError(f"threshold must be between 0 and 1, got {threshold}")
+    if threshold is not None and not (
+        0 <= float(threshold) <= 1 or (sct_compat and math.isfinite(float(threshold)))
+    ):
+        raise SpinesegError(
+            f"threshold must be between 0 and 1, got {threshold} (with sct_compat, any "
+            "finite number, as sct_deepseg takes)"
+        )
     settings = Settings(
         threshold=None if threshold is None else float(threshold),
         largest=largest,
@@ -189,6 +196,7 @@ def segment(
         test_time_aug=bool(test_time_aug),
         device=device or "auto",
         label_vert=bool(label_vert),
+        sct_compat=bool(sct_compat),
     )
     return run(
         spec,

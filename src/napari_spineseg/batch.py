@@ -206,6 +206,7 @@ def segment_many(
     remove_small: str | Sequence[str] | int | None = None,
     test_time_aug: bool = False,
     label_vert: bool = False,
+    sct_compat: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     entry_extra: Sequence[dict[str, Any]] | None = None,
@@ -224,7 +225,7 @@ def segment_many(
     when None, a ``LocalCluster`` of ``n_workers`` processes (default: cores //
     ``threads_per_worker``, at most one per file) is started and closed here.
     ``threads_per_worker``: CPU threads of each worker's inference (one file at a time per
-    worker). ``threshold`` ... ``label_vert``: as :func:`api.segment`. ``progress`` gets a
+    worker). ``threshold`` ... ``sct_compat``: as :func:`api.segment`. ``progress`` gets a
     :class:`~napari_spineseg.progress.Progress` each time a file finishes; ``cancel`` stops
     the batch between files (files already written stay; raises
     :class:`~napari_spineseg.errors.Cancelled`).
@@ -265,6 +266,7 @@ def segment_many(
         "remove_small": remove_small,
         "test_time_aug": bool(test_time_aug),
         "label_vert": bool(label_vert),
+        "sct_compat": bool(sct_compat),
     }
     args = (task, model_path, bool(trust), device, threads)
     per_file = [

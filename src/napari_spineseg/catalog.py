@@ -309,7 +309,9 @@ GM_SC_7T = TaskSpec(
     ),
     # The model JSON asks for binarize 0.5 + remove_small 3 vox; SCT 7's defaults
     # (-largest 0, -fill-holes 0) delete keep_largest/fill_holes from that config.
-    postprocess=PostprocessSpec(threshold=0.5, remove_small=("3vox",)),
+    # remove_small as an sct_deepseg command line that SCT accepts (one per class, unit on
+    # the last value) and that reproduces the JSON's 3 voxels per class.
+    postprocess=PostprocessSpec(threshold=0.5, remove_small=("3", "3vox")),
     url="https://github.com/ivadomed/model_seg_gm-wm_t2star_7t_unet3d-multiclass",
     sct_model="model_7t_multiclass_gm_sc_unet2d",
     flags=("thr",),
@@ -349,8 +351,9 @@ LESION_SCI = TaskSpec(
     citation=CITATION_SCI,
     backend="nnunet",
     sources=(ModelSource(_URL_SCI, None, "model_SCIsegV2_r20240729.zip"),),
-    # trained in SCT "RPI" (= nibabel LAS); used when dataset.json has no image_orientation
-    orientation="LAS",
+    # The release's dataset.json says image_orientation "RPI" (model_seg_sci's conversion
+    # script writes it); without it SCT falls back by dataset name: LPI (= nibabel RAS).
+    orientation="RAS",
     classes={1: "sc", 2: "lesion"},
     colors={1: RED, 2: CYAN},
     outputs=(
@@ -541,15 +544,18 @@ def custom_task(folder_or_zip: str | Path) -> TaskSpec:
 
 
 def _orientation_from_dataset(dataset: dict) -> str:
-    """``image_orientation`` in SCT naming (e.g. "RPI") -> nibabel axcodes; default RAS."""
+    """``image_orientation`` (SCT naming, e.g. "RPI") -> nibabel axcodes; else SCT's fallback.
+
+    The fallback goes by the dataset's name (``dataset.json`` ``name`` here; the engine
+    checks the plans' ``dataset_name`` when the model is loaded, as SCT does).
+    """
+    from .engines._nnunet_orientation import sct_fallback_orientation, sct_to_nibabel
+
     sct = dataset.get("image_orientation")
-    if not isinstance(sct, str) or len(sct) != 3:
-        return "RAS"
-    flip = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
     try:
-        return "".join(flip[c] for c in sct.upper())
-    except KeyError:
-        return "RAS"
+        return sct_to_nibabel(sct if isinstance(sct, str) else "")
+    except ValueError:
+        return sct_to_nibabel(sct_fallback_orientation(dataset.get("name")))
 
 
 def tasks() -> list[TaskSpec]:

@@ -374,6 +374,17 @@ def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
         "averages (slower, up to 8x in 3D; sometimes more robust). nnU-Net tasks only",
     )
     p.add_argument(
+        "-sct-compat",
+        dest="sct_compat",
+        action="store_true",
+        help="Reproduce sct_deepseg's voxels where our defaults differ: on multi-label "
+        "outputs (rootlets, spine) -largest/-remove-small treat all labels as one object "
+        "(default: per label) and -fill-holes needs -thr; -thr binarises nnU-Net outputs "
+        "with '> thr' (default: ignored); -thr 0 on gm_sc_7t_t2star gives SCT 7.3's "
+        "all-ones masks (default: soft); -remove-small values that SCT refuses are an "
+        "error. See docs/tasks.md.",
+    )
+    p.add_argument(
         "-label-vert",
         dest="label_vert",
         type=int,
@@ -527,6 +538,7 @@ def _cmd_segment(args, out, bar) -> int:
             test_time_aug=args.tta,
             return_probabilities=False,
             label_vert=bool(args.label_vert),
+            sct_compat=args.sct_compat,
         )
         bar.done()
         for note in result.provenance.get("notes", []):
@@ -574,6 +586,7 @@ def _cmd_batch(args, out) -> int:
         remove_small=args.remove_small,
         test_time_aug=args.tta,
         label_vert=bool(args.label_vert),
+        sct_compat=args.sct_compat,
         progress=None if args.quiet else progress,
     )
     out.write(summary(items) + "\n")

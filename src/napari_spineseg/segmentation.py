@@ -8,14 +8,19 @@ keyed by (backend, folder, device, settings that change the loaded model).
 
 Post-processing split of responsibility (kept identical to SCT):
 
-* nnU-Net tasks: argmax labels, so no threshold; ``largest``/``fill_holes``/
-  ``remove_small`` run here (``postprocess.py``) on each binary file, per class on
-  multi-label files.
+* nnU-Net and TotalSpineSeg tasks (SCT's ``segment_non_ivadomed``): ``largest``/
+  ``fill_holes``/``remove_small`` run here (``postprocess.py``) on each output file.
+  Binary files give SCT's voxels. Multi-label files (rootlets, spine) are processed per
+  class by default; with ``sct_compat`` as SCT does (one foreground), and ``-thr``
+  binarises each file with ``> thr`` as SCT does (by default ``-thr`` is ignored: these
+  models output labels, not probabilities).
 * the 7T ivadomed task: ivadomed's own post-processing (binarize >= thr, remove small,
   optional keep-largest / fill-holes) runs *inside* the engine, which re-implements it
   with ivadomed's exact semantics; it is not repeated here.
-* TotalSpineSeg: its own pipeline already keeps the largest components and fills the
-  canal; the generic steps run only when the user asks for them.
+* ``-remove-small`` tokens are read once, by ``postprocess.resolve_remove_small``: SCT's
+  values wherever SCT accepts the command line.
+* TotalSpineSeg's own pipeline already keeps the largest components and fills the canal;
+  the generic steps do nothing unless asked for.
 
 4D inputs: averaged over the 4th axis (what TotalSpineSeg does, and the only meaningful
 single 3D input for the others); the provenance says so.
@@ -28,7 +33,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,25 +82,40 @@ class Settings:
     threshold: float | None = None
     largest: bool | None = None
     fill_holes: bool | None = None
-    remove_small: tuple[pp.MinSize, ...] | None = None
+    #: the ``-remove-small`` tokens as written (read by ``postprocess.resolve_remove_small``)
+    remove_small: tuple[str, ...] | None = None
     test_time_aug: bool = False
     device: str = "auto"
     label_vert: bool = False
+    #: reproduce SCT's voxels where our defaults differ (multi-label files, ``-thr``)
+    sct_compat: bool = False
 
     def resolved(self, spec: TaskSpec) -> Settings:
         """Defaults filled in from the task's SCT post-processing."""
         d = spec.postprocess
-        rs = self.remove_small
-        if rs is None:
-            rs = tuple(pp.parse_remove_small(list(d.remove_small))) if d.remove_small else ()
-        return Settings(
+        return replace(
+            self,
             threshold=self.threshold if self.threshold is not None else d.threshold,
             largest=self.largest if self.largest is not None else d.largest,
             fill_holes=self.fill_holes if self.fill_holes is not None else d.fill_holes,
-            remove_small=tuple(rs),
-            test_time_aug=self.test_time_aug,
-            device=self.device,
-            label_vert=self.label_vert,
+        )
+
+    def min_sizes(self, spec: TaskSpec) -> tuple[list[pp.MinSize] | None, list[str]]:
+        """One size per output file (7T: per class) and notes; see ``resolve_remove_small``.
+
+        ``None``: no removal, or for the 7T task the model JSON's own (SCT's default).
+        """
+        ivadomed = spec.backend == "ivadomed_onnx"
+        tokens = self.remove_small
+        if tokens is None:  # not given: the task's default, which SCT applies as is
+            if ivadomed or not spec.postprocess.remove_small:
+                return None, []
+            tokens = spec.postprocess.remove_small
+        return pp.resolve_remove_small(
+            tokens,
+            [o.suffix for o in spec.outputs],
+            ivadomed=ivadomed,
+            sct_compat=self.sct_compat,
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,10 +123,11 @@ class Settings:
             "threshold": self.threshold,
             "largest": self.largest,
             "fill_holes": self.fill_holes,
-            "remove_small": [str(m) for m in self.remove_small or ()],
+            "remove_small": list(self.remove_small or ()),
             "test_time_aug": self.test_time_aug,
             "device": self.device,
             "label_vert": self.label_vert,
+            "sct_compat": self.sct_compat,
         }
 
 
@@ -161,10 +182,13 @@ def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
     kwargs = {"device": settings.device, "use_mirroring": settings.test_time_aug, "trust": True}
     engine = cls.load(_engine_source(spec, folder), **_accepted(cls.load, kwargs))
     if spec.backend == "nnunet":
-        # SCT: dataset.json's image_orientation wins, else the task's known orientation.
+        # SCT: dataset.json's image_orientation wins, else its fallback by dataset name.
+        from .engines import _nnunet_orientation as orient
+
         dj = getattr(engine, "dataset_json", {}) or {}
         if "image_orientation" not in dj and hasattr(engine, "orientation"):
-            engine.orientation = spec.orientation
+            name = (getattr(engine, "plans", {}) or {}).get("dataset_name") or dj.get("name")
+            engine.orientation = orient.sct_to_nibabel(orient.sct_fallback_orientation(name))
     with _ENGINES_LOCK:
         _ENGINES[key] = engine
         while len(_ENGINES) > MAX_CACHED_ENGINES:
@@ -246,59 +270,55 @@ def split_outputs(
     pred: Prediction,
     zooms: Sequence[float],
     settings: Settings,
+    min_sizes: Sequence[pp.MinSize] | None = None,
 ) -> tuple[dict[str, LabelOutput], list[str]]:
     """Cut ``pred`` into the task's output files and post-process each (see module doc).
 
-    Returns the outputs (by suffix) and the list of post-processing steps that ran.
+    ``min_sizes``: one per output file, from :meth:`Settings.min_sizes` (read from
+    ``settings`` when not given). Returns the outputs (by suffix) and the list of
+    post-processing steps that ran.
     """
-    generic = spec.backend == "nnunet" or (
-        spec.backend == "totalspineseg"
-        and (settings.largest or settings.fill_holes or settings.remove_small)
-    )
+    generic = spec.backend != "ivadomed_onnx"  # 7T: done inside the engine
+    if min_sizes is None and generic:
+        min_sizes, _ = settings.min_sizes(spec)
+    # SCT binarises every nnU-Net/TotalSpineSeg file with `> thr` when -thr is non-zero.
+    sct_thr = None
+    if generic and settings.sct_compat and settings.threshold:
+        sct_thr = settings.threshold
     steps: list[str] = []
     outputs: dict[str, LabelOutput] = {}
-    sizes = list(settings.remove_small or ())
     for i, out in enumerate(spec.outputs):
         arr = select(pred, out)
-        size = (sizes[i] if i < len(sizes) else sizes[-1]) if sizes else None
-        if out.binary:
-            mask = np.asarray(arr, dtype=bool)
-            if generic:
-                mask = pp.postprocess_binary(
-                    mask,
-                    zooms=zooms,
-                    largest=bool(settings.largest),
-                    fill=bool(settings.fill_holes),
-                    min_size=size,
-                )
-            labels = mask.astype(np.uint8)
-        else:
-            labels = np.asarray(arr)
-            if generic:
-                labels = pp.postprocess_multilabel(
-                    labels,
-                    zooms=zooms,
-                    largest=bool(settings.largest),
-                    fill=bool(settings.fill_holes),
-                    min_sizes=size,
-                )
-            labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.int16)
+        size = min_sizes[i] if min_sizes else None
+        binary = out.binary
+        labels = np.asarray(arr, dtype=bool) if binary else np.asarray(arr)
+        done: list[str] = []
+        if sct_thr is not None:
+            labels, binary = pp.binarize(labels, sct_thr), True
+            done.append(f"binarize > {sct_thr:g} (SCT)")
         if generic:
-            done = [
-                s
-                for s, on in (("largest", settings.largest), ("fill_holes", settings.fill_holes))
-                if on
-            ]
+            largest, fill = bool(settings.largest), bool(settings.fill_holes)
+            opts = {"zooms": zooms, "largest": largest, "fill": fill}
+            if settings.sct_compat or binary:
+                labels = pp.postprocess_foreground(labels, min_size=size, name=out.suffix, **opts)
+            else:
+                labels = pp.postprocess_multilabel(labels, min_sizes=size, **opts)
+            done += [s for s, on in (("largest", largest), ("fill_holes", fill)) if on]
             if size is not None:
                 done.append(f"remove_small {size}")
-            steps += [f"{out.suffix}: {s}" for s in done]
+            if done and not binary:
+                done.append("(SCT: one foreground)" if settings.sct_compat else "(per class)")
+        labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.int16)
+        steps += [f"{out.suffix}: {s}" for s in done]
         names = dict(out.names) if out.names else dict(pred.classes.get(out.map, {}))
-        if not out.binary:
+        if binary and not out.binary:  # a label map binarised by -thr
+            names = {1: f"{out.title or out.suffix} > {sct_thr:g}"}
+        if not binary:
             present = {int(v) for v in np.unique(labels) if v}
             for v in present - set(names):
                 names[v] = pred.classes.get(_find_map(pred, out)[0] or "", {}).get(v, f"label {v}")
         colors = dict(out.colors) if out.colors else {}
-        if not out.binary:
+        if not binary:
             from .catalog import palette
 
             extra = palette(sorted(set(names) - set(colors)), start=0.5)
@@ -308,7 +328,7 @@ def split_outputs(
             labels=labels,
             classes=names,
             colors=colors,
-            binary=out.binary,
+            binary=binary,
             title=out.title,
         )
     return outputs, steps
@@ -332,7 +352,13 @@ def run(
     from . import __version__
 
     settings = settings.resolved(spec)
-    notes: list[str] = []
+    min_sizes, notes = settings.min_sizes(spec)  # a bad -remove-small fails before loading
+    thr = settings.threshold
+    if thr is not None and spec.backend != "ivadomed_onnx" and not settings.sct_compat:
+        notes.append(
+            f"-thr {thr:g} was ignored: {spec.id} outputs labels, not probabilities "
+            f"(sct_deepseg would binarise each output file with > {thr:g}; -sct-compat does)"
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     report(0.0, "loading model")
@@ -355,9 +381,10 @@ def run(
     if spec.backend == "ivadomed_onnx":
         opts.update(
             threshold=settings.threshold,
-            remove_small=[str(m) for m in settings.remove_small] if settings.remove_small else 0,
+            remove_small=min_sizes,  # None: the model JSON's (SCT's default)
             keep_largest=bool(settings.largest),
             fill_holes=bool(settings.fill_holes),
+            sct_compat=settings.sct_compat,
         )
     t1 = time.perf_counter()
     pred = engine.predict(image, report.sub(0.02, 0.95), **_accepted(engine.predict, opts))
@@ -367,7 +394,7 @@ def run(
     report(0.96, "post-processing")
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     t2 = time.perf_counter()
-    outputs, steps = split_outputs(spec, pred, zooms, settings)
+    outputs, steps = split_outputs(spec, pred, zooms, settings, min_sizes)
     timings["postprocess_s"] = round(time.perf_counter() - t2, 3)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
     if spec.backend == "ivadomed_onnx":

@@ -1,13 +1,13 @@
 """Orientation helpers for the nnU-Net engine: SCT naming and lossless reorientation.
 
 nnU-Net learns whatever voxel order its training data had, so a model only works when the
-input is fed in that order. SCT (``deepseg/nnunet.py``) therefore reorients every image to
-the model's orientation (``dataset.json["image_orientation"]``, default ``LPI``) before
-inference and back afterwards. SCT names an axis after the side it comes *from*
-(``LPI``: x runs from Left to right), nibabel after the side it goes *to* (``RAS``), so
-every letter is the opposite one: SCT ``LPI`` == nibabel ``RAS``. Reorientation here is
-lossless (axis permutation and flips only, as nibabel's ``as_reoriented``), which is what
-SCT's ``change_orientation`` does too.
+input is fed in that order. SCT (``deepseg/inference.py``) therefore reorients every image
+to the model's orientation (``dataset.json["image_orientation"]``, else
+:func:`sct_fallback_orientation`) before inference and back afterwards. SCT names an axis
+after the side it comes *from* (``LPI``: x runs from Left to right), nibabel after the
+side it goes *to* (``RAS``), so every letter is the opposite one: SCT ``LPI`` == nibabel
+``RAS``. Reorientation here is lossless (axis permutation and flips only, as nibabel's
+``as_reoriented``), which is what SCT's ``change_orientation`` does too.
 """
 
 from __future__ import annotations
@@ -45,6 +45,18 @@ def sct_to_nibabel(code: str) -> str:
 def nibabel_to_sct(code: str) -> str:
     """The inverse of :func:`sct_to_nibabel` (``RAS`` -> ``LPI``)."""
     return "".join(_OPPOSITE[c] for c in _check_axcodes(code, "nibabel"))
+
+
+def sct_fallback_orientation(dataset_name: str | None) -> str:
+    """SCT's model orientation (SCT naming) when ``dataset.json`` has no ``image_orientation``.
+
+    ``inference.segment_nnunet`` (SCT 7.x): ``AIL`` when the plans' ``dataset_name``
+    contains ``RegionBasedLesionSeg`` (the canproco lesion models), else ``LPI``. Applied
+    to every nnU-Net model, catalog or custom, as SCT applies it to ``-custom-url`` models.
+    (SCT 6.x also mapped names containing ``SCI`` to ``RPI``; 7.x dropped that rule, the
+    SCIseg releases declare ``image_orientation: RPI`` themselves.)
+    """
+    return "AIL" if "RegionBasedLesionSeg" in str(dataset_name or "") else "LPI"
 
 
 def orientation_transforms(affine: np.ndarray, axcodes: str) -> tuple[np.ndarray, np.ndarray]:

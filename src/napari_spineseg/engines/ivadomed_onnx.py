@@ -12,7 +12,8 @@ and the masks match SCT's output files, with only nibabel, numpy, scipy and onnx
    (ivadomed adds a trailing axis to 2D samples);
 4. ``CenterCrop``: offsets ``int(round((h - 128) / 2.))`` (Python rounding), out-of-bounds
    parts zero-padded (ivadomed's ``CroppableArray``);
-5. ``NormalizeInstance``: ``(x - mean) / std`` on the cropped slice;
+5. ``NormalizeInstance``: ``(x - mean) / std`` on the cropped slice, on a torch tensor as
+   ivadomed (unbiased std; a slice with ``std < 1e-5`` is only centred);
 6. the ONNX graph: input ``input`` (N, 1, 128, 128) -> output (N, 2, 128, 128) sigmoid
    probabilities, one channel per ``target_suffix`` (sc, gm);
 7. undo per channel: un-crop, then ``zoom(..., order=1)`` back (predictions are undone as
@@ -23,9 +24,9 @@ and the masks match SCT's output files, with only nibabel, numpy, scipy and onnx
    so by default only ``binarize_prediction`` (>= 0.5) and ``remove_small`` (3 voxels per
    class, 18-connectivity, 3D) remain. Both can be switched back on here.
 
-Deliberate deviations: one ``InferenceSession`` for the whole run (ivadomed builds one per
-batch), and a constant crop is centred instead of divided by ``std == 0`` (ivadomed would
-propagate NaN into the prediction).
+Deliberate deviation: one ``InferenceSession`` for the whole run (ivadomed builds one per
+batch). ``-thr 0`` gives soft maps (SCT's documented intent) unless ``sct_compat`` asks for
+what SCT 7.3 really writes (see :meth:`IvadomedOnnxModel.predict`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from ..errors import ModelNotInstalledError, SpinesegError, TaskError
+from ..postprocess import MinSize, parse_remove_small
 from .base import Prediction, cpu_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -109,12 +110,21 @@ def uncrop(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 
 
 def normalize_instance(arr: np.ndarray) -> np.ndarray:
-    """ivadomed ``NormalizeInstance``: zero mean, unit std over the (cropped) slice."""
-    mean = arr.mean()
-    std = arr.std()
-    if std == 0:  # ivadomed would divide by zero; a constant crop carries no signal anyway
-        return (arr - mean).astype(np.float32, copy=False)
-    return ((arr - mean) / std).astype(np.float32, copy=False)
+    """ivadomed ``NormalizeInstance`` on the (cropped) float32 slice, computed as ivadomed does.
+
+    ivadomed normalises a torch tensor (``NumpyToTensor`` runs first): ``std()`` is the
+    unbiased (N - 1) standard deviation, and a slice with ``std < 1e-5`` is only centred.
+    torch's float32 mean sums in a different order than numpy's, so the same torch calls
+    are made here: the result is ivadomed's to the bit.
+    """
+    import torch
+
+    sample = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    if sample.std() < 1e-5:
+        out = sample - sample.mean()
+    else:
+        out = (sample - sample.mean()) / sample.std()
+    return out.numpy()
 
 
 def unresample_slice(arr: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -154,7 +164,7 @@ def _remove_small(data: np.ndarray, sizes: Sequence[int]) -> np.ndarray:
     """Per class, drop 18-connected 3D objects with fewer voxels than the class's size."""
     out = data.copy()
     for c in range(out.shape[-1]):
-        size_min = sizes[c] if c < len(sizes) else sizes[-1]
+        size_min = sizes[c]
         if size_min <= 1:
             continue
         lab, n = ndimage.label(out[..., c] != 0, structure=_STRUCT_18)
@@ -192,40 +202,31 @@ def _fill_holes(data: np.ndarray) -> np.ndarray:
     return out
 
 
-def parse_remove_small(value: Any, zooms: Sequence[float], n_classes: int) -> list[int]:
-    """Minimum object sizes in voxels, one per class, from SCT/ivadomed-style settings.
+def min_sizes_per_class(value: Any, n_classes: int) -> list[MinSize]:
+    """One :class:`~napari_spineseg.postprocess.MinSize` per class.
 
-    Accepts an int (voxels), a string such as ``"3vox"`` or ``"5mm3"``, a list of those
-    (one per class, SCT's ``-remove-small 10 20 10vox``), or the JSON's
-    ``{"unit": "vox"|"mm3", "thr": n | [n, ...]}``. ``mm3`` is converted with the voxel
-    volume, rounded like ivadomed.
+    ``value``: the JSON's ``{"unit": "vox"|"mm3", "thr": n | [n, ...]}``, sizes already read
+    by ``postprocess.resolve_remove_small`` (one, or one per class), or ``-remove-small``
+    tokens (read with ``postprocess.parse_remove_small``).
     """
-    unit = "vox"
     if isinstance(value, dict):
-        unit = value.get("unit", "vox")
         thr = value.get("thr", 0)
-        values = list(thr) if isinstance(thr, (list, tuple)) else [thr]
+        unit = value.get("unit", "vox")
+        if unit not in ("vox", "mm3"):
+            raise SpinesegError(f"remove_small: unit must be 'vox' or 'mm3', got {unit!r}")
+        sizes = [MinSize(float(t), unit) for t in (thr if isinstance(thr, list) else [thr])]
+    elif isinstance(value, list | tuple) and all(isinstance(v, MinSize) for v in value):
+        sizes = list(value)
     else:
-        values = list(value) if isinstance(value, (list, tuple)) else [value]
-        if values and isinstance(values[-1], str):
-            unit = "mm3" if values[-1].strip().lower().endswith("mm3") else "vox"
-    nums = []
-    for v in values:
-        if isinstance(v, str):
-            m = re.fullmatch(r"\s*([0-9.]+)\s*(vox|mm3)?\s*", v.lower())
-            if not m:
-                raise SpinesegError(
-                    f"remove_small: cannot read {v!r}; use e.g. 3, '3vox' or '5mm3'"
-                )
-            v = float(m.group(1))
-        nums.append(float(v))
-    if unit not in ("vox", "mm3"):
-        raise SpinesegError(f"remove_small: unit must be 'vox' or 'mm3', got {unit!r}")
-    if unit == "mm3":
-        vol = float(np.prod([float(z) for z in zooms[:3]]))
-        nums = [float(np.round(v / vol)) for v in nums]
-    sizes = [int(math.ceil(v)) for v in nums] or [0]
-    return (sizes + [sizes[-1]] * n_classes)[: max(n_classes, 1)]
+        sizes = parse_remove_small(value)
+    if len(sizes) == 1:
+        return sizes * n_classes
+    if len(sizes) != n_classes:
+        raise SpinesegError(
+            f"remove_small: {len(sizes)} values for {n_classes} classes; give one, or one "
+            "per class"
+        )
+    return sizes
 
 
 # --------------------------------------------------------------------------------------
@@ -402,19 +403,22 @@ class IvadomedOnnxModel:
         fill_holes: bool | None = False,
         *,
         largest: bool | None = None,
+        sct_compat: bool = False,
         **_: Any,
     ) -> Prediction:
         """Segment a 3D (or 2D) image; masks and probabilities on its exact grid.
 
         ``threshold``: None -> the JSON's ``binarize_prediction`` (0.5); a value in (0, 1]
-        -> binarise there; 0 -> soft output (SCT's ``-thr 0``): ``probabilities`` then hold
-        the post-processed soft maps SCT would write and ``maps`` are those >= 0.5.
-        ``remove_small``: None -> the JSON's (3 voxels per class); 0 -> off; or voxels /
-        ``"5mm3"`` / a list per class. ``keep_largest`` / ``fill_holes``: off by default,
-        as SCT runs this task; True restores the JSON's step (``largest`` is an alias, the
-        API's name). Options that do not apply to this engine (``test_time_aug``,
-        ``return_probabilities``...) are accepted and ignored: probabilities are always
-        returned, they cost nothing extra here.
+        -> binarise there (``>=``, ivadomed's rule); 0 -> soft output, what SCT's help
+        promises for ``-thr 0``: ``probabilities`` then hold the post-processed soft maps
+        and ``maps`` are those >= 0.5. With ``sct_compat``, 0 does what SCT 7.3 really
+        does: ivadomed binarises at ``>= 0``, so every voxel is 1.
+        ``remove_small``: None -> the JSON's (3 voxels per class); 0 -> off; or sizes
+        (``MinSize``, one or one per class) / ``"5mm3"`` / tokens. ``keep_largest`` /
+        ``fill_holes``: off by default, as SCT runs this task; True restores the JSON's
+        step (``largest`` is an alias, the API's name). Options that do not apply to this
+        engine (``test_time_aug``, ``return_probabilities``...) are accepted and ignored:
+        probabilities are always returned, they cost nothing extra here.
         """
         if largest is not None:
             keep_largest = largest
@@ -440,7 +444,9 @@ class IvadomedOnnxModel:
         ).astype(np.float32)
         probs[probs <= NOISE_FLOOR] = 0
 
-        steps, soft = self._postprocessing_steps(threshold, remove_small, keep_largest, fill_holes)
+        steps, soft = self._postprocessing_steps(
+            threshold, remove_small, keep_largest, fill_holes, sct_compat=sct_compat
+        )
         # ivadomed converts mm3 with the header's pixdim; a 2D header has no 3rd size.
         pixdim = tuple(float(z) for z in img3d.header.get_zooms()[:3])
         if len(pixdim) < 3 or min(pixdim) <= 0:
@@ -478,9 +484,19 @@ class IvadomedOnnxModel:
 
     # ---------------------------------------------------------------- post-processing
     def _postprocessing_steps(
-        self, threshold: float | None, remove_small: Any, keep_largest: bool, fill_holes: bool
+        self,
+        threshold: float | None,
+        remove_small: Any,
+        keep_largest: bool,
+        fill_holes: bool,
+        *,
+        sct_compat: bool = False,
     ) -> tuple[list[tuple[str, dict]], bool]:
-        """The JSON's post-processing dict modified the way SCT's options modify it."""
+        """The JSON's post-processing dict modified the way SCT's options modify it.
+
+        As ivadomed's ``set_postprocessing_options``: a step switched on keeps its place in
+        the JSON's order (``dict.update``), one switched off is deleted.
+        """
         post = copy.deepcopy(self.postprocessing)
         for key, on in (("keep_largest", keep_largest), ("fill_holes", fill_holes)):
             if on:
@@ -490,11 +506,13 @@ class IvadomedOnnxModel:
         soft = False
         if threshold is not None:
             thr = float(threshold)
-            if thr > 1:
+            if not math.isfinite(thr) or (thr > 1 and not sct_compat):
                 raise SpinesegError(
                     f"threshold must be in [0, 1] (0 = soft output), got {threshold}"
                 )
-            if thr <= 0:
+            if thr == 0 and sct_compat:
+                post["binarize_prediction"] = {"thr": 0.0}  # SCT 7.3: >= 0, all ones
+            elif thr <= 0:
                 post.pop("binarize_prediction", None)
                 soft = True
             else:
@@ -505,7 +523,8 @@ class IvadomedOnnxModel:
             if remove_small == 0 or remove_small == [] or remove_small == "0":
                 post.pop("remove_small", None)
             else:
-                post["remove_small"] = {"value": remove_small}
+                n = len(self.map_names)
+                post["remove_small"] = {"sizes": min_sizes_per_class(remove_small, n)}
         return list(post.items()), soft
 
     def _apply_postprocessing(
@@ -524,8 +543,8 @@ class IvadomedOnnxModel:
                 if thr >= 0:
                     data = data * (data > thr)
             elif name == "remove_small":
-                value = params.get("value", params)
-                data = _remove_small(data, parse_remove_small(value, pixdim, n))
+                sizes = params.get("sizes") or min_sizes_per_class(params, n)
+                data = _remove_small(data, [m.voxels(pixdim) for m in sizes])
             elif name == "keep_largest":
                 data = _keep_largest(data)
             elif name == "fill_holes":
