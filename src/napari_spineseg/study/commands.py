@@ -85,6 +85,7 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
         "remove_small": args.remove_small,
         "test_time_aug": bool(args.tta),
         "label_vert": bool(args.label_vert),
+        "sct_compat": bool(getattr(args, "sct_compat", False)),
     }
     progress = None if args.quiet else _print_progress
     summary = segment_bids(
@@ -199,6 +200,7 @@ def segment_bids(
         remove_small=settings.get("remove_small"),
         test_time_aug=bool(settings.get("test_time_aug")),
         label_vert=bool(settings.get("label_vert")),
+        sct_compat=bool(settings.get("sct_compat")),
         progress=progress,
         entry_extra=[{bids.RUN_KEY: key}] * len(todo),
         sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
