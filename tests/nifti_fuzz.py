@@ -269,7 +269,9 @@ def check_case(path: Path, out_dir: Path) -> dict:
                         return {"kind": "bug", "detail": f"mask {name} differs from the source"}
                 if _bits(mask.header["pixdim"][:4]) != _bits(volume.header["pixdim"][:4]):
                     return {"kind": "bug", "detail": "mask pixdim differs from the source"}
-                if not np.array_equal(np.asarray(mask.data), np.asarray(labels)):
+                # a 2D source's result has a trailing singleton axis: same voxels
+                labels = np.asarray(labels).reshape(volume.spatial_shape)
+                if not np.array_equal(np.asarray(mask.data), labels):
                     return {"kind": "bug", "detail": "mask voxels differ after reload"}
                 mask_path.unlink()
                 mask_path.with_name(mask_path.name.removesuffix(".nii.gz") + ".json").unlink(
