@@ -55,8 +55,8 @@ def _settings(category: str):
 
 
 @pytest.fixture(scope="module")
-def seeds(tmp_path_factory) -> dict[str, bytes]:
-    found = nf.seed_files(tmp_path_factory.mktemp("fuzz_seeds"))
+def seeds() -> dict[str, bytes]:
+    found = nf.seed_files()
     if not found:
         pytest.skip(f"SCT example data not found in {nf.SCT_DATA}")
     return found
