@@ -19,7 +19,6 @@ import argparse
 import collections
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reasons", type=int, default=8, help="refusal reasons to list")
     args = parser.parse_args(argv)
 
-    seeds = nf.seed_files(Path(tempfile.mkdtemp(prefix="spineseg-fuzz-seeds-")))
+    seeds = nf.seed_files()
     if not seeds:
         print(f"SCT example data not found in {nf.SCT_DATA}", file=sys.stderr)
         return 2

@@ -234,13 +234,13 @@ def _nan_affine(folder: Path) -> Path:
     return write(folder / "nan_affine.nii", raw_nifti(d, hdr))
 
 
-def _raw_patch(name: str, offset: int, fmt: str, value, **fields) -> Callable[[Path], Path]:
+def _raw_patch(name: str, offset: int, fmt: str, *values, **fields) -> Callable[[Path], Path]:
     """A valid phantom file whose raw header bytes at ``offset`` are overwritten."""
 
     def build(folder: Path) -> Path:
         d = phantom()
         payload = bytearray(raw_nifti(d, raw_header(d, **fields)))
-        payload[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+        payload[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, *values)
         return write(folder / name, bytes(payload))
 
     return build
@@ -384,7 +384,11 @@ REFUSED: dict[str, tuple[Callable[[Path], Path], tuple[str, ...]]] = {
     "NaN pixdim with a valid sform": (_nan_pixdim_with_sform, ("pixdim[3] is nan",)),
     "inf pixdim with a valid sform": (_inf_pixdim_with_sform, ("pixdim[1] is inf",)),
     "NaN quaternion": (_nan_quaternion, ("quatern_b", "nan")),
-    "gzip CRC damaged": (_gzip_crc, ("corrupt gzip stream", "crc check failed")),
+    "gzip CRC damaged": (_gzip_crc, ("corrupt gzip stream", "checksum", "copy")),
+    "scl_inter NaN with a slope": (
+        _raw_patch("inter_nan.nii.gz", 112, "<ff", 2.0, float("nan")),
+        ("scl_inter is nan", "scaling is corrupt"),
+    ),
 }
 
 

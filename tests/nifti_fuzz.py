@@ -110,7 +110,7 @@ CATEGORIES = ("header", "truncate", "bitflip", "gzip")
 
 
 # ----------------------------------------------------------------------------- seeds
-def seed_files(folder: Path) -> dict[str, bytes]:
+def seed_files() -> dict[str, bytes]:
     """Uncompressed NIfTI-1 bytes of each SCT seed, cropped (header kept, dims updated)."""
     import nibabel as nib
 
@@ -269,7 +269,9 @@ def check_case(path: Path, out_dir: Path) -> dict:
                         return {"kind": "bug", "detail": f"mask {name} differs from the source"}
                 if _bits(mask.header["pixdim"][:4]) != _bits(volume.header["pixdim"][:4]):
                     return {"kind": "bug", "detail": "mask pixdim differs from the source"}
-                if not np.array_equal(np.asarray(mask.data), np.asarray(labels)):
+                # a 2D source's result has a trailing singleton axis: same voxels
+                labels = np.asarray(labels).reshape(volume.spatial_shape)
+                if not np.array_equal(np.asarray(mask.data), labels):
                     return {"kind": "bug", "detail": "mask voxels differ after reload"}
                 mask_path.unlink()
                 mask_path.with_name(mask_path.name.removesuffix(".nii.gz") + ".json").unlink(
@@ -331,6 +333,7 @@ class Worker:
     def _start(self) -> None:
         env = dict(os.environ, OMP_NUM_THREADS="1", SPINESEG_NUM_THREADS="1")
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), *sys.path])
+        env["SPINESEG_FUZZ_OUT"] = str(self.folder / "out")  # removed with the folder
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "import nifti_fuzz; nifti_fuzz._serve()"],
             stdin=subprocess.PIPE,
@@ -400,7 +403,8 @@ def _serve() -> None:
     from napari_spineseg import api
     from napari_spineseg.demo import demo_model_folder
 
-    out_dir = Path(tempfile.mkdtemp(prefix="spineseg-fuzz-out-"))
+    out_dir = Path(os.environ["SPINESEG_FUZZ_OUT"])
+    out_dir.mkdir(parents=True, exist_ok=True)
     warm = np.zeros((8, 12, 12), np.float32)
     warm[3:5, 5:7, 5:7] = 100
     with warnings.catch_warnings():

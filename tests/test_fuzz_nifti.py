@@ -55,8 +55,8 @@ def _settings(category: str):
 
 
 @pytest.fixture(scope="module")
-def seeds(tmp_path_factory) -> dict[str, bytes]:
-    found = nf.seed_files(tmp_path_factory.mktemp("fuzz_seeds"))
+def seeds() -> dict[str, bytes]:
+    found = nf.seed_files()
     if not found:
         pytest.skip(f"SCT example data not found in {nf.SCT_DATA}")
     return found
@@ -148,3 +148,34 @@ def test_worker_reports_the_oracle_outcomes(seeds, worker):
     cut = nf.truncate_case(seed, seeds[seed], 0.1, gz=False)
     outcome = worker.check(cut)
     assert outcome["kind"] == "refused" and "truncated" in outcome["detail"], outcome
+
+
+#: Cases the fuzzer found, kept as fixed examples: (case builder, expected outcome).
+REGRESSIONS = {
+    # a 10 m slice thickness loaded, then took minutes to segment at 0.8 mm
+    "pixdim 1e4 mm": (
+        lambda seeds: nf.header_case("dmri", seeds["dmri"], [(_field("pixdim[2]"), 1e4)], False),
+        "refused",
+    ),
+    # dim[0] 3 -> 2: a 2D image whose result has a trailing singleton axis
+    "dim[0] bit flip": (
+        lambda seeds: nf.bitflip_case(
+            "t2", seeds["t2"], [(b + 0.5) / (348 * 8 - 1) for b in (320, 2017)], True, False
+        ),
+        "segmented",
+    ),
+}
+
+
+def _field(name: str) -> int:
+    return next(i for i, (n, _, _) in enumerate(nf.HEADER_FIELDS) if n == name)
+
+
+@pytest.mark.parametrize("name", list(REGRESSIONS))
+def test_cases_the_fuzzer_found(seeds, worker, name):
+    build, expected = REGRESSIONS[name]
+    if {"dmri", "t2"} - set(seeds):
+        pytest.skip("needs the t2 and dmri seeds")
+    case = build(seeds)
+    outcome = worker.check(case)
+    assert outcome["kind"] == expected, outcome

@@ -156,6 +156,14 @@ def sniff(path: str | os.PathLike) -> Sniffed:
             f"can hold at most {MAX_DEFLATE_RATIO * size:,}: its dimensions (dim) or "
             f"vox_offset are corrupt; {FIX_WITH_NIBABEL}",
         )
+    if scaling is not None:
+        slope, inter = scaling
+        if np.isfinite(slope) and slope != 0 and not np.isfinite(inter):
+            raise NiftiError(
+                p,
+                f"scl_slope is {slope:g} but scl_inter is {inter}: the intensity scaling is "
+                "corrupt; " + FIX_WITH_NIBABEL,
+            )
     return Sniffed(compressed, version, endian, expected, scaling)
 
 

@@ -318,6 +318,12 @@ def _read_data(path: Path | None, img) -> np.ndarray:
             f"not enough memory to read its {need / 2**30:.3g} GiB of voxels "
             f"(shape {img.shape}); use a machine with more memory, or crop the image first",
         ) from None
+    except GzipChecksumError as exc:
+        raise NiftiError(
+            path,
+            f"corrupt gzip stream: the voxels do not match the file's checksum ({exc}); "
+            "the file was damaged in a copy or on disk: copy or export it again",
+        ) from None
     except (EOFError, OSError, zlib.error, ValueError) as exc:
         msg = str(exc)
         if isinstance(exc, EOFError) or "Expected" in msg or "end-of-stream" in msg:
@@ -383,7 +389,11 @@ def _check_gzip_trailer(fh) -> None:
             pass
     except gzip.BadGzipFile as exc:
         if "Not a gzipped file" not in str(exc):
-            raise OSError(f"corrupt gzip stream ({exc})") from None
+            raise GzipChecksumError(str(exc)) from None
+
+
+class GzipChecksumError(OSError):
+    """The decompressed voxels do not match the gzip trailer (CRC or length)."""
 
 
 def _sample(data: np.ndarray, max_items: int = 2_000_000) -> np.ndarray:
