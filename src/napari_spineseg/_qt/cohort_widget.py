@@ -227,6 +227,10 @@ class CohortWidget(QWidget):
             if state is None:
                 raise SpinesegError(f"{layer.name}: the Review panel did not take the layer")
             state.save = self._saver(suffix)  # every save of this layer: the derivatives
+            # The case's own mask in the derivatives is what is being corrected: saving it
+            # is the point of opening the case, so the Review panel does not ask whether
+            # to replace "a file this session did not write" (history keeps the old one).
+            state.needs_confirmation = lambda path=None: None
         first = self.layers[1] if len(self.layers) > 1 else None
         if first is not None:
             self.review_widget.select_layer(first)

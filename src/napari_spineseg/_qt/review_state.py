@@ -221,6 +221,9 @@ class LayerReview:
         """``False``: the user chose to drop the changes (they are no longer 'unsaved')."""
         self._force_dirty = bool(value)
         if not value:
+            # the labels as they are now become "saved": bring the checksums up to date first
+            if self._pending_full or self._pending or self.history_moved():
+                self.refresh(table=False)
             self._saved_checksums = dict(self._checksums)
 
     def note_paint(self, event: Any = None) -> None:
