@@ -438,10 +438,7 @@ def _cmd_tasks(_args, out) -> int:
         out.write(f"{t.id:<18} {mark:<9} {outs:<46} {t.title}\n")
         if t.aliases:
             out.write(f"{'':<18} {'':<9} (SCT 6.x name: {', '.join(t.aliases)})\n")
-    out.write(
-        "\nInstall with `spineseg install TASK`; details: "
-        f"{DOCS_URL}tasks/\n"
-    )
+    out.write(f"\nInstall with `spineseg install TASK`; details: {DOCS_URL}tasks/\n")
     return EXIT_OK
 
 
