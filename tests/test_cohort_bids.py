@@ -170,6 +170,11 @@ def test_rerun_skips_done_images_and_a_new_setting_redoes_them(done, client, tmp
     assert {p: p.stat().st_mtime_ns for p in masks} == before
     # a corrected mask is never recomputed without --overwrite, even with new settings
     corrected = _mask_paths(deriv, images[0])[0]
+    img = nib.load(corrected)  # a rater erased one voxel and recorded it
+    data = np.asanyarray(img.dataobj).copy()
+    data[tuple(np.argwhere(data)[0])] = 0
+    nib.save(nib.Nifti1Image(data, None, img.header), corrected)
+    before[corrected] = corrected.stat().st_mtime_ns
     sidecar.append_generated_by(corrected, {"Name": "Manual", "Author": "R"})
     changed = segment_bids(
         root, None, model=MODEL, trust=True, client=client, settings={"largest": True}

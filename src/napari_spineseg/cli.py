@@ -382,7 +382,7 @@ def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
         "(default: per label) and -fill-holes needs -thr; -thr binarises nnU-Net outputs "
         "with '> thr' (default: ignored); -thr 0 on gm_sc_7t_t2star gives SCT 7.3's "
         "all-ones masks (default: soft); -remove-small values that SCT refuses are an "
-        "error. See docs/tasks.md.",
+        f"error. See {DOCS_URL}tasks/",
     )
     p.add_argument(
         "-label-vert",
