@@ -177,6 +177,18 @@ def test_custom_model_folder_needs_trust(models, tmp_path):
     assert models in extracted.parents
 
 
+def test_a_folder_holding_several_models_is_refused_not_guessed(models, tmp_path):
+    """`--model ~/` must not run whichever model sorts first."""
+    z = _nnunet_zip(tmp_path / "m.zip")
+    for lab in ("lab_a", "lab_b"):
+        with zipfile.ZipFile(z) as zf:
+            zf.extractall(tmp_path / "all" / lab)
+    with pytest.raises(ModelNotInstalledError, match=r"2 nnU-Net models found under this folder"):
+        store.prepare_custom(tmp_path / "all", trust=True)
+    folder = store.prepare_custom(tmp_path / "all" / "lab_b", trust=True)
+    assert (tmp_path / "all" / "lab_b") in folder.parents
+
+
 def test_missing_or_corrupt_model_names_the_fix(models, tmp_path):
     with pytest.raises(ModelNotInstalledError, match="spineseg install lesion_sci_t2$"):
         store.model_folder("seg_sc_lesion_t2w_sci")

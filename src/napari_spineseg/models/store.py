@@ -539,6 +539,15 @@ def prepare_custom(
                 f"{p}: no nnU-Net model found (expected dataset.json, plans.json and "
                 "fold_N/checkpoint_*.pth)"
             )
+        if len(folders) > 1:
+            # e.g. `--model ~/` or a folder of several trainings: running whichever sorts
+            # first would silently segment with a model the user did not choose
+            listed = "\n  ".join(str(f) for f in folders[:5])
+            more = f"\n  ... and {len(folders) - 5} more" if len(folders) > 5 else ""
+            raise ModelNotInstalledError(
+                f"{p}: {len(folders)} nnU-Net models found under this folder:\n  {listed}"
+                f"{more}\ngive the folder of the one to run"
+            )
         problems = layout_problems(p, "nnunet")
         if problems:
             raise ModelNotInstalledError(f"{p}: {'; '.join(problems)}")
