@@ -128,6 +128,10 @@ def test_sct_reading_statuses_and_reasons():
         "refused",
         reason="int() cannot read '5mm3' once the unit 'vox' of the last value is removed",
     )
+    assert pp.sct_reading(["1.5vox"], ivadomed=False) == pp.SctReading(
+        "refused",
+        reason="int() cannot read '1.5' once the unit 'vox' of the last value is removed",
+    )
     assert pp.sct_reading(["10", "20"], ivadomed=False) == pp.SctReading(
         "refused", reason="it takes exactly 1 value(s), one for all output files; got 2"
     )
@@ -159,6 +163,14 @@ def test_resolve_remove_small_notes_and_errors_in_full():
         "all output files; got 2), so there is no SCT result to reproduce; leave out "
         "-sct-compat to use our reading (one value for all, or one per output file: "
         "_sc_seg, _lesion_seg)"
+    )
+    with pytest.raises(SpinesegError) as err:
+        pp.resolve_remove_small(
+            ["1", "2", "3vox"], ["sc", "lesion"], ivadomed=True, sct_compat=True
+        )
+    assert str(err.value).endswith(
+        "leave out -sct-compat to use our reading (one value for all, or one per class: "
+        "sc, lesion)"
     )
     with pytest.raises(SpinesegError) as err:
         pp.resolve_remove_small(["1vox", "2", "3vox"], ["sc", "lesion"], ivadomed=True)
@@ -250,6 +262,9 @@ def test_multilabel_class_one_and_per_class_sizes():
     out = pp.postprocess_multilabel(lab, zooms=(0.5, 1, 1), min_sizes=sizes)
     assert (out == 3).sum() == 0  # 12 voxels < 13 voxels
     assert (out == 2).sum() == 16 and (out == 1).sum() == 28  # no size, no largest: kept
+    # a size alone does not keep only the largest object: both 8-voxel objects stay
+    out = pp.postprocess_multilabel(lab, zooms=(1, 1, 1), min_sizes={2: pp.MinSize(8)})
+    assert (out == 2).sum() == 16
     sizes = {2: pp.MinSize(9), 3: pp.MinSize(12)}
     out = pp.postprocess_multilabel(lab, zooms=(1, 1, 1), min_sizes=sizes)
     assert (out == 2).sum() == 0 and (out == 3).sum() == 12 and (out == 1).sum() == 28
