@@ -234,6 +234,11 @@ def test_failed_extraction_removes_what_it_wrote(tmp_path):
     with pytest.raises(ModelNotInstalledError, match="is corrupt"):
         archives.safe_extract(z, target)
     assert not target.exists()
+    # the message ends with the fix, and names the member
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.safe_extract(z, target)
+    assert repr(f"{PREFIX}/fold_0/zeros.bin") in str(err.value)
+    assert str(err.value).endswith("; download the archive again (nothing was installed)")
 
 
 # ----------------------------------------------------------------------------- dataset.json
@@ -451,3 +456,79 @@ def test_engine_refuses_absurd_plans_before_loading_anything(tmp_path, monkeypat
     monkeypatch.setattr(nnunet, "_load_checkpoint", no_loading)
     with pytest.raises(ModelNotInstalledError, match=f"plans.json configuration '2d': {match}"):
         nnunet.NnunetModel.load(folder, device="cpu")
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_checkpoint_check_names_each_problem_without_unpickling(tmp_path):
+    ck = tmp_path / "checkpoint_final.pth"
+    assert archives.check_checkpoint(ck) == "is missing or empty"
+    ck.write_bytes(b"")
+    assert archives.check_checkpoint(ck) == "is missing or empty"
+    ck.write_bytes(b"<")  # one byte (an HTML error page's first): not empty, not a zip
+    assert archives.check_checkpoint(ck) == (
+        "is not a torch checkpoint (not a zip: truncated or corrupt download?)"
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("checkpoint_final/other.bin", b"x")
+    ck.write_bytes(buf.getvalue())
+    assert archives.check_checkpoint(ck) == "has no data.pkl record (not a torch checkpoint)"
+    ck.write_bytes(checkpoint_bytes())
+    assert archives.check_checkpoint(ck) is None
+
+
+def test_onnx_check_needs_the_model_and_its_json(tmp_path):
+    onnx = tmp_path / "model.onnx"
+    assert archives.check_onnx(onnx) == "is missing or empty"
+    onnx.write_bytes(b"")
+    assert archives.check_onnx(onnx) == "is missing or empty"
+    onnx.write_bytes(b"\x08")  # one byte: not empty
+    json_path = tmp_path / "model.json"
+    assert archives.check_onnx(onnx) == (
+        f"has no readable model.json ({json_path} cannot be read (No such file or directory))"
+    )
+    json_path.write_text('{"a": 1}')
+    assert archives.check_onnx(onnx) is None
+
+
+def _nnunet_folder(root: Path, name: str, checkpoint: bytes) -> Path:
+    folder = root / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(DATASET))
+    (folder / "plans.json").write_text(json.dumps(PLANS))
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint)
+    return folder
+
+
+def test_layout_problems_name_the_file_and_count_the_folders(tmp_path):
+    root = tmp_path / "model"
+    assert archives.layout_problems(root, "ivadomed_onnx") == [
+        "no ivadomed model (<name>.onnx next to <name>.json) found"
+    ]
+    (root / "repo-r1").mkdir(parents=True)
+    (root / "repo-r1" / "m.onnx").write_bytes(b"\x08")
+    (root / "repo-r1" / "m.json").write_text("[1]")
+    assert archives.model_folders(root, "ivadomed_onnx") == [root / "repo-r1"]
+    (problem,) = archives.layout_problems(root, "ivadomed_onnx")
+    assert problem.startswith("repo-r1/m.onnx has no readable m.json (")
+    assert "holds a JSON list at the top level" in problem and not problem.endswith(";)")
+
+    nn = tmp_path / "nn"
+    good = _nnunet_folder(nn, "Dataset1_a", checkpoint_bytes())
+    assert archives.model_folders(nn, "nnunet") == [good]
+    assert archives.layout_problems(nn, "nnunet") == []
+    # TotalSpineSeg needs one folder per dataset zip, at least two
+    assert archives.expected_count("totalspineseg", 1) == 2
+    assert archives.expected_count("totalspineseg", 3) == 3
+    assert archives.expected_count("nnunet", 3) == 1
+    assert archives.layout_problems(nn, "totalspineseg") == [
+        "found 1 nnU-Net model folder(s), expected 2 "
+        "(dataset.json, plans.json and fold_N/checkpoint_*.pth)"
+    ]
+    _nnunet_folder(nn, "Dataset2_b", b"<html>")
+    assert archives.layout_problems(nn, "totalspineseg", n_sources=2) == [
+        "Dataset2_b/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth "
+        "is not a torch checkpoint (not a zip: truncated or corrupt download?)"
+    ]
