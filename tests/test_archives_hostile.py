@@ -527,8 +527,64 @@ def test_layout_problems_name_the_file_and_count_the_folders(tmp_path):
         "found 1 nnU-Net model folder(s), expected 2 "
         "(dataset.json, plans.json and fold_N/checkpoint_*.pth)"
     ]
+    # dataset.json and plans.json without a fold checkpoint is not a model folder
+    bare = _nnunet_folder(nn, "Dataset3_c", checkpoint_bytes())
+    (bare / "fold_0" / "checkpoint_final.pth").unlink()
+    assert archives.model_folders(nn, "nnunet") == [good]
     _nnunet_folder(nn, "Dataset2_b", b"<html>")
     assert archives.layout_problems(nn, "totalspineseg", n_sources=2) == [
         "Dataset2_b/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth "
         "is not a torch checkpoint (not a zip: truncated or corrupt download?)"
     ]
+
+
+def test_extraction_replaces_regular_files_but_never_follows_a_link(tmp_path):
+    z = model_zip(tmp_path / "m.zip")
+    target = tmp_path / "out"
+    archives.safe_extract(z, target)
+    (target / PREFIX / "plans.json").write_text("stale")
+    archives.safe_extract(z, target)  # a re-install overwrites the old regular files
+    assert json.loads((target / PREFIX / "plans.json").read_text()) == PLANS
+    # a link (inside the folder: one leading outside is refused earlier) or a folder
+    victim = target / "victim.txt"
+    victim.write_text("keep me")
+    plans = target / PREFIX / "plans.json"
+    for make in (lambda: plans.symlink_to(victim), plans.mkdir):
+        plans.unlink() if plans.is_symlink() or plans.is_file() else plans.rmdir()
+        make()
+        with pytest.raises(ModelNotInstalledError) as err:
+            archives.safe_extract(z, target)
+        assert str(err.value) == (
+            f"{z}: refused to extract: member {PREFIX + '/plans.json'!r} would replace "
+            f"{plans}, which is not a regular file (nothing was installed)"
+        )
+    assert victim.read_text() == "keep me"
+
+
+class _FailingFile(io.BytesIO):
+    def __init__(self, err: int):
+        super().__init__()
+        self.err = err
+
+    def write(self, data):
+        raise OSError(self.err, os.strerror(self.err))
+
+
+@pytest.mark.parametrize("err", [28, 13])  # ENOSPC, EACCES
+def test_write_errors_name_the_cause_and_leave_nothing(tmp_path, monkeypatch, err):
+    z = model_zip(tmp_path / "m.zip")
+    target = tmp_path / "out"
+    monkeypatch.setattr(archives, "open", lambda *a, **k: _FailingFile(err), raising=False)
+    with pytest.raises(ModelNotInstalledError) as exc:
+        archives.safe_extract(z, target)
+    member = f"{PREFIX}/dataset.json"
+    if err == 28:
+        assert str(exc.value) == (
+            f"{z}: the disk filled up while extracting {member!r} into {target / PREFIX}; "
+            "free some space and retry (nothing was installed)"
+        )
+    else:
+        assert str(exc.value) == (
+            f"{z}: cannot write {target / member} (Permission denied); nothing was installed"
+        )
+    assert not target.exists()
