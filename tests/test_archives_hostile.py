@@ -517,6 +517,8 @@ def test_layout_problems_name_the_file_and_count_the_folders(tmp_path):
 
     nn = tmp_path / "nn"
     good = _nnunet_folder(nn, "Dataset1_a", checkpoint_bytes())
+    (good / "fold_1").mkdir()  # a second fold: still one model folder
+    (good / "fold_1" / "checkpoint_final.pth").write_bytes(checkpoint_bytes())
     assert archives.model_folders(nn, "nnunet") == [good]
     assert archives.layout_problems(nn, "nnunet") == []
     # TotalSpineSeg needs one folder per dataset zip, at least two
@@ -588,3 +590,39 @@ def test_write_errors_name_the_cause_and_leave_nothing(tmp_path, monkeypatch, er
             f"{z}: cannot write {target / member} (Permission denied); nothing was installed"
         )
     assert not target.exists()
+
+
+def test_sizes_in_messages_switch_to_gb_at_one_billion_bytes():
+    assert archives._gb(10**9) == "1.00 GB"
+    assert archives._gb(10**9 - 1) == "1000.0 MB"
+    assert archives._gb(256 << 20) == "268.4 MB"
+    assert archives._gb(20 * 10**9) == "20.00 GB"
+
+
+def test_space_check_is_exact_at_the_reserve(tmp_path, monkeypatch):
+    seen = []
+
+    def usage(folder):
+        seen.append(Path(folder))
+        return shutil._ntuple_diskusage(0, 0, 100 + archives.FREE_SPACE_RESERVE)
+
+    monkeypatch.setattr(archives.shutil, "disk_usage", usage)
+    target = tmp_path / "not" / "yet"
+    archives.require_space(tmp_path / "m.zip", 100, target)  # fits exactly: accepted
+    assert seen == [tmp_path]  # the nearest folder that exists, not the file system root
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.require_space(tmp_path / "m.zip", 101, target)
+    assert str(err.value) == (
+        f"{tmp_path / 'm.zip'}: needs 0.0 MB but only 268.4 MB is free on the disk of "
+        f"{target} (keeping 268.4 MB spare); free some space or set SPINESEG_MODELS_DIR to a "
+        "larger disk, then retry (nothing was installed)"
+    )
+
+
+def test_backslash_member_names_extract_into_folders(tmp_path):
+    z = tmp_path / "windows.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("model\\fold_0\\notes.txt", b"written on Windows")
+    target = tmp_path / "out"
+    assert archives.safe_extract(z, target) == [target / "model" / "fold_0" / "notes.txt"]
+    assert (target / "model" / "fold_0" / "notes.txt").read_bytes() == b"written on Windows"
