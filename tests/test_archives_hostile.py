@@ -626,3 +626,42 @@ def test_backslash_member_names_extract_into_folders(tmp_path):
     target = tmp_path / "out"
     assert archives.safe_extract(z, target) == [target / "model" / "fold_0" / "notes.txt"]
     assert (target / "model" / "fold_0" / "notes.txt").read_bytes() == b"written on Windows"
+
+
+def test_member_limits_are_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 3)
+    z = model_zip(tmp_path / "m.zip")  # exactly 3 members: accepted
+    assert len(archives.safe_extract(z, tmp_path / "out")) == 3
+
+
+def test_member_through_a_link_in_the_target_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "link").symlink_to(outside)
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("link/x.txt", b"x")
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.safe_extract(z, target)
+    assert str(err.value) == (
+        f"{z}: refused to extract: member 'link/x.txt' resolves outside the model folder "
+        "(unsafe archive, nothing was installed)"
+    )
+    assert not any(outside.iterdir())
+
+
+@pytest.mark.parametrize("names", [("a", "a/b"), ("a/", "a")])
+def test_a_name_that_is_file_and_folder_is_refused(tmp_path, names):
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"" if name.endswith("/") else b"x")
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.safe_extract(z, tmp_path / "out")
+    assert str(err.value) == (
+        f"{z}: refused to extract: 'a' is both a file and a folder "
+        "(unsafe archive, nothing was installed)"
+    )
+    assert not (tmp_path / "out").exists()
