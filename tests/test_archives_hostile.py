@@ -665,3 +665,13 @@ def test_a_name_that_is_file_and_folder_is_refused(tmp_path, names):
         "(unsafe archive, nothing was installed)"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_extraction_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the first member is written
+
+    monkeypatch.setattr(archives, "_write_member", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        archives.safe_extract(model_zip(tmp_path / "m.zip"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
