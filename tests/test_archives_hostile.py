@@ -234,6 +234,11 @@ def test_failed_extraction_removes_what_it_wrote(tmp_path):
     with pytest.raises(ModelNotInstalledError, match="is corrupt"):
         archives.safe_extract(z, target)
     assert not target.exists()
+    # the message ends with the fix, and names the member
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.safe_extract(z, target)
+    assert repr(f"{PREFIX}/fold_0/zeros.bin") in str(err.value)
+    assert str(err.value).endswith("; download the archive again (nothing was installed)")
 
 
 # ----------------------------------------------------------------------------- dataset.json
@@ -451,3 +456,222 @@ def test_engine_refuses_absurd_plans_before_loading_anything(tmp_path, monkeypat
     monkeypatch.setattr(nnunet, "_load_checkpoint", no_loading)
     with pytest.raises(ModelNotInstalledError, match=f"plans.json configuration '2d': {match}"):
         nnunet.NnunetModel.load(folder, device="cpu")
+
+
+# ----------------------------------------------------------------------------- layouts
+
+
+def test_checkpoint_check_names_each_problem_without_unpickling(tmp_path):
+    ck = tmp_path / "checkpoint_final.pth"
+    assert archives.check_checkpoint(ck) == "is missing or empty"
+    ck.write_bytes(b"")
+    assert archives.check_checkpoint(ck) == "is missing or empty"
+    ck.write_bytes(b"<")  # one byte (an HTML error page's first): not empty, not a zip
+    assert archives.check_checkpoint(ck) == (
+        "is not a torch checkpoint (not a zip: truncated or corrupt download?)"
+    )
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("checkpoint_final/other.bin", b"x")
+    ck.write_bytes(buf.getvalue())
+    assert archives.check_checkpoint(ck) == "has no data.pkl record (not a torch checkpoint)"
+    ck.write_bytes(checkpoint_bytes())
+    assert archives.check_checkpoint(ck) is None
+
+
+def test_onnx_check_needs_the_model_and_its_json(tmp_path):
+    onnx = tmp_path / "model.onnx"
+    assert archives.check_onnx(onnx) == "is missing or empty"
+    onnx.write_bytes(b"")
+    assert archives.check_onnx(onnx) == "is missing or empty"
+    onnx.write_bytes(b"\x08")  # one byte: not empty
+    json_path = tmp_path / "model.json"
+    assert archives.check_onnx(onnx) == (
+        f"has no readable model.json ({json_path} cannot be read (No such file or directory))"
+    )
+    json_path.write_text('{"a": 1}')
+    assert archives.check_onnx(onnx) is None
+
+
+def _nnunet_folder(root: Path, name: str, checkpoint: bytes) -> Path:
+    folder = root / name / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    (folder / "fold_0").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps(DATASET))
+    (folder / "plans.json").write_text(json.dumps(PLANS))
+    (folder / "fold_0" / "checkpoint_final.pth").write_bytes(checkpoint)
+    return folder
+
+
+def test_layout_problems_name_the_file_and_count_the_folders(tmp_path):
+    root = tmp_path / "model"
+    assert archives.layout_problems(root, "ivadomed_onnx") == [
+        "no ivadomed model (<name>.onnx next to <name>.json) found"
+    ]
+    (root / "repo-r1").mkdir(parents=True)
+    (root / "repo-r1" / "m.onnx").write_bytes(b"\x08")
+    (root / "repo-r1" / "m.json").write_text("[1]")
+    assert archives.model_folders(root, "ivadomed_onnx") == [root / "repo-r1"]
+    (problem,) = archives.layout_problems(root, "ivadomed_onnx")
+    assert problem.startswith("repo-r1/m.onnx has no readable m.json (")
+    assert "holds a JSON list at the top level" in problem and not problem.endswith(";)")
+
+    nn = tmp_path / "nn"
+    good = _nnunet_folder(nn, "Dataset1_a", checkpoint_bytes())
+    (good / "fold_1").mkdir()  # a second fold: still one model folder
+    (good / "fold_1" / "checkpoint_final.pth").write_bytes(checkpoint_bytes())
+    assert archives.model_folders(nn, "nnunet") == [good]
+    assert archives.layout_problems(nn, "nnunet") == []
+    # TotalSpineSeg needs one folder per dataset zip, at least two
+    assert archives.expected_count("totalspineseg", 1) == 2
+    assert archives.expected_count("totalspineseg", 3) == 3
+    assert archives.expected_count("nnunet", 3) == 1
+    assert archives.layout_problems(nn, "totalspineseg") == [
+        "found 1 nnU-Net model folder(s), expected 2 "
+        "(dataset.json, plans.json and fold_N/checkpoint_*.pth)"
+    ]
+    # dataset.json and plans.json without a fold checkpoint is not a model folder
+    bare = _nnunet_folder(nn, "Dataset3_c", checkpoint_bytes())
+    (bare / "fold_0" / "checkpoint_final.pth").unlink()
+    assert archives.model_folders(nn, "nnunet") == [good]
+    _nnunet_folder(nn, "Dataset2_b", b"<html>")
+    assert archives.layout_problems(nn, "totalspineseg", n_sources=2) == [
+        "Dataset2_b/nnUNetTrainer__nnUNetPlans__3d_fullres/fold_0/checkpoint_final.pth "
+        "is not a torch checkpoint (not a zip: truncated or corrupt download?)"
+    ]
+
+
+def test_extraction_replaces_regular_files_but_never_follows_a_link(tmp_path):
+    z = model_zip(tmp_path / "m.zip")
+    target = tmp_path / "out"
+    archives.safe_extract(z, target)
+    (target / PREFIX / "plans.json").write_text("stale")
+    archives.safe_extract(z, target)  # a re-install overwrites the old regular files
+    assert json.loads((target / PREFIX / "plans.json").read_text()) == PLANS
+    # a link (inside the folder: one leading outside is refused earlier) or a folder
+    victim = target / "victim.txt"
+    victim.write_text("keep me")
+    plans = target / PREFIX / "plans.json"
+    for make in (lambda: plans.symlink_to(victim), plans.mkdir):
+        plans.unlink() if plans.is_symlink() or plans.is_file() else plans.rmdir()
+        make()
+        with pytest.raises(ModelNotInstalledError) as err:
+            archives.safe_extract(z, target)
+        assert str(err.value) == (
+            f"{z}: refused to extract: member {PREFIX + '/plans.json'!r} would replace "
+            f"{plans}, which is not a regular file (nothing was installed)"
+        )
+    assert victim.read_text() == "keep me"
+
+
+class _FailingFile(io.BytesIO):
+    def __init__(self, err: int):
+        super().__init__()
+        self.err = err
+
+    def write(self, data):
+        raise OSError(self.err, os.strerror(self.err))
+
+
+@pytest.mark.parametrize("err", [28, 13])  # ENOSPC, EACCES
+def test_write_errors_name_the_cause_and_leave_nothing(tmp_path, monkeypatch, err):
+    z = model_zip(tmp_path / "m.zip")
+    target = tmp_path / "out"
+    monkeypatch.setattr(archives, "open", lambda *a, **k: _FailingFile(err), raising=False)
+    with pytest.raises(ModelNotInstalledError) as exc:
+        archives.safe_extract(z, target)
+    member = f"{PREFIX}/dataset.json"
+    if err == 28:
+        assert str(exc.value) == (
+            f"{z}: the disk filled up while extracting {member!r} into {target / PREFIX}; "
+            "free some space and retry (nothing was installed)"
+        )
+    else:
+        assert str(exc.value) == (
+            f"{z}: cannot write {target / member} (Permission denied); nothing was installed"
+        )
+    assert not target.exists()
+
+
+def test_sizes_in_messages_switch_to_gb_at_one_billion_bytes():
+    assert archives._gb(10**9) == "1.00 GB"
+    assert archives._gb(10**9 - 1) == "1000.0 MB"
+    assert archives._gb(256 << 20) == "268.4 MB"
+    assert archives._gb(20 * 10**9) == "20.00 GB"
+
+
+def test_space_check_is_exact_at_the_reserve(tmp_path, monkeypatch):
+    seen = []
+
+    def usage(folder):
+        seen.append(Path(folder))
+        return shutil._ntuple_diskusage(0, 0, 100 + archives.FREE_SPACE_RESERVE)
+
+    monkeypatch.setattr(archives.shutil, "disk_usage", usage)
+    target = tmp_path / "not" / "yet"
+    archives.require_space(tmp_path / "m.zip", 100, target)  # fits exactly: accepted
+    assert seen == [tmp_path]  # the nearest folder that exists, not the file system root
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.require_space(tmp_path / "m.zip", 101, target)
+    assert str(err.value) == (
+        f"{tmp_path / 'm.zip'}: needs 0.0 MB but only 268.4 MB is free on the disk of "
+        f"{target} (keeping 268.4 MB spare); free some space or set SPINESEG_MODELS_DIR to a "
+        "larger disk, then retry (nothing was installed)"
+    )
+
+
+def test_backslash_member_names_extract_into_folders(tmp_path):
+    z = tmp_path / "windows.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("model\\fold_0\\notes.txt", b"written on Windows")
+    target = tmp_path / "out"
+    assert archives.safe_extract(z, target) == [target / "model" / "fold_0" / "notes.txt"]
+    assert (target / "model" / "fold_0" / "notes.txt").read_bytes() == b"written on Windows"
+
+
+def test_member_limits_are_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(archives, "MAX_MEMBERS", 3)
+    z = model_zip(tmp_path / "m.zip")  # exactly 3 members: accepted
+    assert len(archives.safe_extract(z, tmp_path / "out")) == 3
+
+
+def test_member_through_a_link_in_the_target_is_refused(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "link").symlink_to(outside)
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        zf.writestr("link/x.txt", b"x")
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.safe_extract(z, target)
+    assert str(err.value) == (
+        f"{z}: refused to extract: member 'link/x.txt' resolves outside the model folder "
+        "(unsafe archive, nothing was installed)"
+    )
+    assert not any(outside.iterdir())
+
+
+@pytest.mark.parametrize("names", [("a", "a/b"), ("a/", "a")])
+def test_a_name_that_is_file_and_folder_is_refused(tmp_path, names):
+    z = tmp_path / "m.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for name in names:
+            zf.writestr(name, b"" if name.endswith("/") else b"x")
+    with pytest.raises(ModelNotInstalledError) as err:
+        archives.safe_extract(z, tmp_path / "out")
+    assert str(err.value) == (
+        f"{z}: refused to extract: 'a' is both a file and a folder "
+        "(unsafe archive, nothing was installed)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_extraction_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # Ctrl-C while the first member is written
+
+    monkeypatch.setattr(archives, "_write_member", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        archives.safe_extract(model_zip(tmp_path / "m.zip"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
