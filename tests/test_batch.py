@@ -12,6 +12,7 @@ import json
 import multiprocessing
 import os
 import sys
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -126,7 +127,7 @@ def test_process_workers_load_once_keep_going_and_match_api(scans, tmp_path):
         threads = client.run(_worker_threads)
 
     assert [it.path for it in items] == scans  # input order, whatever finished first
-    assert [it.ok for it in items] == [True, True, True, False]
+    assert [it.ok for it in items] == [True, True, True, False], [it.error for it in items]
     bad = items[-1]
     assert bad.outputs is None
     assert str(scans[-1]) in bad.error and "truncated or corrupt" in bad.error
@@ -297,3 +298,80 @@ def test_on_a_given_cluster_a_missing_model_is_reported_per_item(scans, inproc_s
     items = segment_many(scans[:2], "lesion_sci_t2", client=inproc_scheduler)
     assert [it.ok for it in items] == [False, False]
     assert all("spineseg install lesion_sci_t2" in it.error for it in items)
+
+
+# ------------------------------------------------------------------ a worker that dies
+
+# Runs in every worker process the batch's cluster starts, restarted ones included: the
+# worker segmenting TARGET kills its own process (as the kernel's OOM killer would), as
+# long as fewer than KILLS deaths are recorded in LOG.
+_KILLER = """
+import os, signal
+from pathlib import Path
+import napari_spineseg.api as api
+
+_segment = api.__dict__.setdefault("_segment_unpatched", api.segment)  # imported twice
+
+
+def _segment_or_die(path, *args, **kwargs):
+    log = Path({log!r})
+    if Path(path).name == {target!r} and len(log.read_text().split()) < {kills}:
+        with log.open("a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _segment(path, *args, **kwargs)
+
+
+api.segment = _segment_or_die
+"""
+
+
+def _batch_with_a_dying_worker(scans, tmp_path, kills: int):
+    import dask
+
+    log = tmp_path / "deaths.txt"
+    log.write_text("")
+    preload = _KILLER.format(log=str(log), target=scans[1].name, kills=kills)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    with dask.config.set({"distributed.worker.preload": [preload]}):
+        items = segment_many(scans, TASK, out_dir=out, n_workers=2)
+    assert time.monotonic() - t0 < 60  # a restart is seconds, not a hang
+    return items, out, log.read_text().split()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_once_and_nothing_else_is_lost(scans, tmp_path):
+    items, out, deaths = _batch_with_a_dying_worker(scans, tmp_path, kills=1)
+
+    assert len(deaths) == 1, [
+        it.error for it in items
+    ]  # the file's first worker died; the retry ran it
+    assert [it.ok for it in items] == [True, True, True, False], [it.error for it in items]
+    for it in items[:3]:
+        assert it.outputs == _outputs_of(it.path, out) and all(p.is_file() for p in it.outputs)
+    assert "truncated or corrupt" in items[3].error
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        n for it in items[:3] for p in it.outputs for n in (p.name, p.name[:-7] + ".json")
+    )
+
+
+@pytest.mark.slow
+def test_a_file_whose_worker_dies_twice_is_reported_and_the_others_complete(scans, tmp_path):
+    items, out, deaths = _batch_with_a_dying_worker(scans, tmp_path, kills=5)
+
+    assert len(deaths) == 2 and len(set(deaths)) == 2  # two worker processes, then given up
+    assert [it.ok for it in items] == [True, False, True, False]
+    dead = items[1]
+    assert dead.outputs is None and dead.error.startswith(
+        "the worker process running it died twice: out of memory?"
+    )
+    for it in (items[0], items[2]):
+        assert it.outputs == _outputs_of(it.path, out)
+    # nothing of the dead file, no temporary debris: only the two good files' masks + JSON
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        n
+        for it in (items[0], items[2])
+        for p in it.outputs
+        for n in (p.name, p.name[:-7] + ".json")
+    )

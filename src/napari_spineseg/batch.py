@@ -40,9 +40,14 @@ from .progress import CancelToken, Progress, ProgressCallback
 if TYPE_CHECKING:  # pragma: no cover
     from distributed import Client
 
-__all__ = ["BatchItem", "default_workers", "segment_many", "summary"]
+__all__ = ["BatchItem", "default_workers", "local_cluster", "segment_many", "summary"]
 
 INSTALL_HINT = "pip install 'napari-spineseg[batch]'"
+
+# How many times the scheduler re-runs a file whose worker process died (killed for
+# memory, a segfault in the model) before reporting it failed, on a cluster started here.
+# dask's default (3) would spend four model loads on a file that exhausts memory.
+RETRIES_AFTER_WORKER_DEATH = 1
 
 
 @dataclass
@@ -282,16 +287,17 @@ def segment_many(
     try:
         if client is None:
             workers = int(n_workers) if n_workers else default_workers(threads)
-            own_cluster = distributed.LocalCluster(
-                n_workers=min(workers, len(files)),
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-            )
+            own_cluster = local_cluster(min(workers, len(files)))
             client = own_client = distributed.Client(own_cluster)
         elif isinstance(client, str):
             client = own_client = distributed.Client(client)
-        return _run(distributed, client, files, args, per_file, options, progress, cancel)
+        # On our cluster, one file per worker thread at a time: a worker that dies then
+        # takes down only the file it was running, not files queued behind it (the
+        # scheduler counts a death against every task assigned to that worker).
+        in_flight = sum(client.nthreads().values()) if own_cluster is not None else None
+        return _run(
+            distributed, client, files, args, per_file, options, progress, cancel, in_flight
+        )
     finally:
         if own_client is not None:
             own_client.close()
@@ -299,11 +305,51 @@ def segment_many(
             own_cluster.close()
 
 
-def _run(distributed, client, files, args, per_file, options, progress, cancel) -> list[BatchItem]:
+def local_cluster(n_workers: int, **cluster_kwargs: Any):
+    """The ``LocalCluster`` a batch starts when given no client: ``n_workers`` processes of
+    one thread on 127.0.0.1 (no port opened to the network, no dashboard), and a file
+    whose worker dies re-run :data:`RETRIES_AFTER_WORKER_DEATH` times, then reported.
+
+    ``cluster_kwargs`` go to ``LocalCluster`` as is (e.g. ``preload=`` in tests).
+    """
+    import dask
+
+    distributed = _distributed()
+    allowed = {"distributed.scheduler.allowed-failures": RETRIES_AFTER_WORKER_DEATH}
+    with dask.config.set(allowed):  # read once, when the scheduler starts
+        return distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            **cluster_kwargs,
+        )
+
+
+def _worker_died_message(client) -> str:
+    """Why a file failed when its worker process died every time it ran it."""
+    try:  # the scheduler's own setting: a cluster of yours may differ from ours
+        allowed = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+        times = "twice" if allowed == 1 else f"{int(allowed) + 1} times"
+    except Exception:  # an old or locked-down scheduler: say what is certain
+        times = "more than once"
+    return (
+        f"the worker process running it died {times}: out of memory? (a file too large for "
+        "one worker's memory; run fewer --workers) or a crash in the model; the other files "
+        "are not affected"
+    )
+
+
+def _run(
+    distributed, client, files, args, per_file, options, progress, cancel, in_flight
+) -> list[BatchItem]:
     token = uuid.uuid4().hex[:8]
     task, model_path, trust, device, threads = args
-    futures = {
-        client.submit(
+
+    def submit(i: int):
+        p = files[i]
+        return client.submit(
             _segment_one,
             str(p),
             task,
@@ -318,17 +364,27 @@ def _run(distributed, client, files, args, per_file, options, progress, cancel) 
             per_file[i][2],
             key=f"spineseg-{token}-{i}-{p.name}",
             pure=False,
-        ): i
-        for i, p in enumerate(files)
-    }
+        )
+
+    first = len(files) if not in_flight else min(max(int(in_flight), 1), len(files))
+    futures = {submit(i): i for i in range(first)}
+    queue = iter(range(first, len(files)))
     items: list[BatchItem | None] = [None] * len(files)
     done = 0
     try:
-        for fut in distributed.as_completed(list(futures)):
+        running = distributed.as_completed(list(futures))
+        for fut in running:
             i = futures[fut]
+            nxt = next(queue, None)
+            if nxt is not None and not (cancel is not None and cancel.cancelled):
+                new = submit(nxt)
+                futures[new] = nxt
+                running.add(new)
             try:
                 items[i] = fut.result()
-            except Exception as exc:  # the worker died (e.g. killed for memory) or similar
+            except distributed.KilledWorker:  # died on every try (killed for memory, ...)
+                items[i] = BatchItem(files[i], None, _worker_died_message(client), 0.0)
+            except Exception as exc:  # the task was lost or cancelled on the cluster
                 items[i] = BatchItem(
                     files[i], None, f"the worker failed: {type(exc).__name__}: {exc}", 0.0
                 )
