@@ -145,7 +145,8 @@ def test_process_workers_load_once_keep_going_and_match_api(scans, tmp_path):
     assert sum(loads.values()) == len(used) < 3
     assert all(threads[w] == "2" for w in used)
 
-    assert [p.step for p in seen] == [1, 2, 3, 4] and seen[-1].fraction == 1.0
+    assert seen[0].stage.startswith("dask dashboard: http://")  # once, before any file
+    assert [p.step for p in seen] == [0, 1, 2, 3, 4] and seen[-1].fraction == 1.0
     assert sum("failed" in p.stage for p in seen) == 1
 
     # Exactly what api.segment + api.save give in this process (voxels and geometry).
@@ -375,3 +376,72 @@ def test_a_file_whose_worker_dies_twice_is_reported_and_the_others_complete(scan
         for p in it.outputs
         for n in (p.name, p.name[:-7] + ".json")
     )
+
+
+# ------------------------------------------------------------------ progress output
+
+
+def test_the_dashboard_is_announced_once_before_the_files(scans):
+    import importlib.util
+
+    seen = []
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0",
+    ) as cluster:  # fmt: skip
+        items = segment_many(
+            scans[:2], TASK, client=cluster.scheduler_address, progress=seen.append
+        )
+        link = cluster.dashboard_link
+    assert all(it.ok for it in items)
+    assert [(p.step, p.total) for p in seen] == [(0, 2), (1, 2), (2, 2)]
+    assert link.startswith("http://") and ":8787/" not in link  # the port it was given
+    port = link.split(":")[2].split("/")[0]
+    assert seen[0].stage.startswith("dask dashboard: http://")
+    assert f":{port}/status" in seen[0].stage  # the client's name for the scheduler host
+    no_pages = " (its pages need bokeh: pip install bokeh)"
+    assert seen[0].stage.endswith(no_pages) == (importlib.util.find_spec("bokeh") is None)
+    assert sum("dashboard" in p.stage for p in seen) == 1
+
+
+def test_progress_lines_without_a_terminal_and_a_bar_on_one(scans):
+    import io
+
+    from napari_spineseg.progress import Progress
+    from napari_spineseg.study.commands import terminal_progress
+
+    reports = [Progress(0.0, "dask dashboard: http://127.0.0.1:8787/status", 0, 2)]
+    reports += [Progress(1 / 2, "a.nii.gz: ok", 1, 2), Progress(1.0, "b.nii.gz: failed", 2, 2)]
+
+    log = io.StringIO()  # a pipe or a log file: plain lines, no bar, no carriage returns
+    show = terminal_progress(log)
+    for p in reports:
+        show(p)
+    assert log.getvalue() == (
+        "[0/2] dask dashboard: http://127.0.0.1:8787/status\n"
+        "[1/2] a.nii.gz: ok\n"
+        "[2/2] b.nii.gz: failed\n"
+    )
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    pytest.importorskip("tqdm")
+    term = Terminal()
+    show = terminal_progress(term)
+    for p in reports:
+        show(p)
+    text = term.getvalue()
+    for line in ("[0/2] dask dashboard", "[1/2] a.nii.gz: ok", "[2/2] b.nii.gz: failed"):
+        assert line in text
+    assert "\r" in text and "2/2" in text.rsplit("[2/2] b.nii.gz: failed", 1)[1]  # the bar
+
+
+def test_cli_batch_prints_plain_lines_when_stderr_is_not_a_terminal(
+    scans, tmp_path, inproc_scheduler, capsys
+):
+    argv = ["batch", TASK, "-i", str(scans[0]), "-o", str(tmp_path), "--scheduler"]
+    assert cli.main([*argv, inproc_scheduler]) == 0
+    first, second = capsys.readouterr().err.splitlines(keepends=True)  # no bar drawn
+    assert first.startswith("[0/1] dask dashboard: http://") and "\r" not in first
+    assert second == f"[1/1] {scans[0].name}: ok\n"

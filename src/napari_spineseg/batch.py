@@ -291,6 +291,9 @@ def segment_many(
             client = own_client = distributed.Client(own_cluster)
         elif isinstance(client, str):
             client = own_client = distributed.Client(client)
+        link = _dashboard_link(client)
+        if link and progress is not None:  # said once, before the first file finishes
+            progress(Progress(0.0, f"dask dashboard: {link}", 0, len(files)))
         # On our cluster, one file per worker thread at a time: a worker that dies then
         # takes down only the file it was running, not files queued behind it (the
         # scheduler counts a death against every task assigned to that worker).
@@ -307,7 +310,8 @@ def segment_many(
 
 def local_cluster(n_workers: int, **cluster_kwargs: Any):
     """The ``LocalCluster`` a batch starts when given no client: ``n_workers`` processes of
-    one thread on 127.0.0.1 (no port opened to the network, no dashboard), and a file
+    one thread on 127.0.0.1 (its dashboard too, on a free port: nothing is opened to the
+    network), and a file
     whose worker dies re-run :data:`RETRIES_AFTER_WORKER_DEATH` times, then reported.
 
     ``cluster_kwargs`` go to ``LocalCluster`` as is (e.g. ``preload=`` in tests).
@@ -322,9 +326,28 @@ def local_cluster(n_workers: int, **cluster_kwargs: Any):
             threads_per_worker=1,
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address="127.0.0.1:0",
             **cluster_kwargs,
         )
+
+
+def _dashboard_link(client) -> str | None:
+    """The scheduler's dashboard address, or None when it runs without one."""
+    try:
+        if "dashboard" not in client.scheduler_info().get("services", {}):
+            return None
+        link = str(client.dashboard_link)
+        has_pages = client.run_on_scheduler(_has_bokeh)
+    except Exception:  # an old scheduler or none reachable: the batch itself will say
+        return None
+    return link if has_pages else f"{link} (its pages need bokeh: pip install bokeh)"
+
+
+def _has_bokeh() -> bool:
+    """Runs on the scheduler: whether its dashboard can draw pages."""
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 def _worker_died_message(client) -> str:

@@ -559,13 +559,10 @@ def _check_inputs(paths: Sequence[str]) -> None:
 
 def _cmd_batch(args, out) -> int:
     from .batch import segment_many, summary
+    from .study.commands import terminal_progress
 
     if args.task is None and args.model is None:
         raise SpinesegError("batch: give a TASK (see `spineseg tasks`) or --model FOLDER")
-
-    def progress(p: Progress) -> None:
-        sys.stderr.write(f"[{p.step}/{p.total}] {p.stage}\n")
-        sys.stderr.flush()
 
     items = segment_many(
         args.input,
@@ -584,7 +581,7 @@ def _cmd_batch(args, out) -> int:
         test_time_aug=args.tta,
         label_vert=bool(args.label_vert),
         sct_compat=args.sct_compat,
-        progress=None if args.quiet else progress,
+        progress=None if args.quiet else terminal_progress(),
     )
     out.write(summary(items) + "\n")
     return EXIT_OK if all(it.ok for it in items) else EXIT_ERROR

@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -87,7 +89,7 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
         "label_vert": bool(args.label_vert),
         "sct_compat": bool(getattr(args, "sct_compat", False)),
     }
-    progress = None if args.quiet else _print_progress
+    progress = None if args.quiet else terminal_progress()
     summary = segment_bids(
         args.input[0],
         args.task,
@@ -112,9 +114,34 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
     return EXIT_OK if not summary.failed else EXIT_ERROR
 
 
-def _print_progress(p: Progress) -> None:
-    sys.stderr.write(f"[{p.step}/{p.total}] {p.stage}\n")
-    sys.stderr.flush()
+def terminal_progress(stream: TextIO | None = None) -> Callable[[Progress], None]:
+    """A batch's progress printer for ``stream`` (default stderr): one line per file
+    (``[3/40] sub-01_T2w.nii.gz: ok``) and, on a terminal, a tqdm bar below the lines
+    with the overall count and the time left. Piped into a log file there is no bar:
+    only the lines, which read well there.
+    """
+    out = stream if stream is not None else sys.stderr
+    make_bar = None
+    if out.isatty():
+        with contextlib.suppress(ImportError):  # tqdm comes with nnunetv2; else lines only
+            from tqdm import tqdm as make_bar
+    bar = None
+
+    def show(p: Progress) -> None:
+        nonlocal bar
+        line = f"[{p.step}/{p.total}] {p.stage}"
+        if make_bar is None:
+            out.write(line + "\n")
+            out.flush()
+            return
+        if bar is None:
+            bar = make_bar(total=p.total, file=out, unit="image", dynamic_ncols=True)
+        bar.write(line, file=out)
+        bar.update((p.step or 0) - bar.n)
+        if p.total is not None and p.step == p.total:
+            bar.close()
+
+    return show
 
 
 @dataclass
