@@ -228,10 +228,13 @@ def segment_many(
 
     ``client``: a ``distributed.Client`` or a scheduler address (``"tcp://host:8786"``);
     when None, a ``LocalCluster`` of ``n_workers`` processes (default: cores //
-    ``threads_per_worker``, at most one per file) is started and closed here.
+    ``threads_per_worker``, at most one per file) is started and closed here
+    (:func:`local_cluster`: a file whose worker process dies is run once more, then
+    reported failed; the other files are not affected).
     ``threads_per_worker``: CPU threads of each worker's inference (one file at a time per
     worker). ``threshold`` ... ``sct_compat``: as :func:`api.segment`. ``progress`` gets a
-    :class:`~napari_spineseg.progress.Progress` each time a file finishes; ``cancel`` stops
+    :class:`~napari_spineseg.progress.Progress` each time a file finishes (first, with
+    ``step=0``, the dask dashboard address when the scheduler has one); ``cancel`` stops
     the batch between files (files already written stay; raises
     :class:`~napari_spineseg.errors.Cancelled`).
 
