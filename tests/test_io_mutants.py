@@ -8,6 +8,7 @@ scan, and the message of every shape error. Expected values are computed indepen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -128,3 +129,19 @@ def test_matches_compares_shape_scale_and_translate():
     # a caller's tolerance (mm) replaces the default
     assert geom.matches(moved, atol=0.6)
     assert not geom.matches(moved, atol=0.4)
+
+
+def test_degenerate_oblique_affine_shows_missing_axis_at_1mm():
+    """A zero column on a rotated grid: the missing axis is drawn at 1 mm, not 0."""
+    affine = np.eye(4)
+    affine[:3, :3] = _rotation_about_z(math.radians(20.0)) @ np.diag([0.5, 0.8, 0.0])
+    geom = DisplayGeometry.from_affine(affine, (20, 30, 12))
+    assert geom.display_shape == (12, 30, 20)
+    assert geom.scale == pytest.approx((1.0, 0.8, 0.5), abs=1e-12)
+
+
+def test_matches_tolerance_applies_to_spacing():
+    _, geom = _oblique(0.0)
+    finer = dataclasses.replace(geom, scale=(2.4, 0.8, 0.5))
+    assert not geom.matches(finer)
+    assert geom.matches(finer, atol=0.5)
