@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
+from napari_spineseg.io.checks import header_findings, quaternion_norm2, sibling_of
 from napari_spineseg.io.geometry import RAS_TO_DISPLAY, DisplayGeometry
 
 
@@ -145,3 +148,72 @@ def test_matches_tolerance_applies_to_spacing():
     finer = dataclasses.replace(geom, scale=(2.4, 0.8, 0.5))
     assert not geom.matches(finer)
     assert geom.matches(finer, atol=0.5)
+
+
+# ---------------------------------------------------------------- io/checks.py header findings
+
+
+def _image(affine=None, *, qform=None, qcode=1, scode=1, shape=(10, 12, 14)):
+    affine = np.diag([1.0, 1.0, 1.0, 1.0]) if affine is None else affine
+    img = nib.Nifti1Image(np.zeros(shape, np.uint8), affine)
+    img.header.set_qform(affine if qform is None else qform, code=qcode)
+    img.header.set_sform(affine, code=scode)
+    return img
+
+
+def test_findings_no_orientation_in_full():
+    assert header_findings(_image(qcode=0, scode=0)) == [
+        "no orientation in the header (qform_code = sform_code = 0): shown in voxel "
+        "order; left/right cannot be trusted"
+    ]
+
+
+def test_findings_qform_sform_severe_warn_silent():
+    def shifted(mm: float):
+        q = np.eye(4)
+        q[0, 3] = mm
+        return q
+
+    assert header_findings(_image(qform=shifted(0.5))) == [
+        "qform and sform disagree by up to 0.5 mm: FSL/nibabel (sform) and "
+        "some ITK-based tools (qform) will place this image differently"
+    ]
+    assert header_findings(_image(qform=shifted(0.05))) == [
+        "qform and sform differ by 0.05 mm (above SCT's 1e-3 tolerance)"
+    ]
+    assert header_findings(_image(qform=shifted(5e-4))) == []
+    # a qform without a code is not used by anyone: no disagreement to report
+    assert header_findings(_image(qform=shifted(0.5), qcode=0)) == []
+
+
+def test_findings_shear_only_for_a_used_sform():
+    shear = np.eye(4)
+    shear[0, 1] = 0.3
+    msg = (
+        "the sform has shear (non-orthogonal axes): ITK-based tools (ITK-SNAP, ANTs, "
+        "Slicer) will use the qform or refuse the file"
+    )
+    img = _image(qform=np.eye(4))
+    img.header.set_sform(shear, code=1)
+    assert msg in header_findings(img)
+    img.header.set_sform(shear, code=0)
+    assert msg not in header_findings(img)
+
+
+def test_findings_pixdim_mismatch_in_full_and_tolerance():
+    img = _image(np.diag([0.5, 0.8, 2.0, 1.0]), qcode=0)  # pixdim would move a qform
+    img.header["pixdim"][1:4] = (0.5, 0.8, 2.5)
+    assert header_findings(img) == [
+        "voxel size differs between pixdim (0.5, 0.8, 2.5 mm) and the affine "
+        "(0.5, 0.8, 2 mm): ITK-SNAP/Slicer use pixdim, FSL/nibabel the affine"
+    ]
+    img.header["pixdim"][1:4] = (0.5, 0.8, 2.0001)  # 5e-5 relative: rounding in the header
+    assert header_findings(img) == []
+
+
+def test_sibling_and_quaternion_norm():
+    assert sibling_of("/data/sub-01_T2w.nii") == Path("/data/sub-01_T2w.nii.gz")
+    assert sibling_of("/data/sub-01_T2w.nii.gz") == Path("/data/sub-01_T2w.nii")
+    hdr = nib.Nifti1Header()
+    hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"] = 0.5, 0.25, 0.75
+    assert quaternion_norm2(hdr) == 0.25 + 0.0625 + 0.5625
