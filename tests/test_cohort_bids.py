@@ -36,6 +36,19 @@ SUFFIXES = ("_cord_seg", "_csf_seg")
 SHAPE = (56, 56, 20)
 
 
+def segment_demo_bids(root: Path):
+    """A synthetic BIDS dataset under ``root`` segmented with the demo model on an
+    in-process one-worker cluster (the fixture the QC, state and widget tests start from)."""
+    make_bids(root)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        return segment_bids(root, None, model=MODEL, trust=True, client=client)
+
+
 def make_bids(root: Path, subjects: int = 2, sessions=("01", "02")) -> list[Path]:
     """Phantom T2w images in sub-*/ses-*/anat, plus files that must not be taken."""
     images = []

@@ -20,8 +20,7 @@ from napari_spineseg.correction import qc
 from napari_spineseg.errors import SpinesegError
 from napari_spineseg.io import load, save_labels
 from napari_spineseg.study import qc_report
-from napari_spineseg.study.commands import segment_bids
-from test_cohort_bids import MODEL, make_bids
+from test_cohort_bids import MODEL, segment_demo_bids
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
 
@@ -40,14 +39,7 @@ CHROMIUM_FLAGS = (
 def deriv(tmp_path_factory):
     """4 images segmented with the demo model; one cord mask gets a gap (an empty slice)."""
     root = tmp_path_factory.mktemp("bids")
-    make_bids(root)
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        summary = segment_bids(root, None, model=MODEL, trust=True, client=client)
+    summary = segment_demo_bids(root)
     gapped = summary.deriv / "sub-01/ses-02/anat/sub-01_ses-02_T2w_cord_seg.nii.gz"
     vol = load(gapped)
     data = np.asarray(vol.data).copy()

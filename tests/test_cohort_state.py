@@ -16,9 +16,8 @@ from napari_spineseg import __version__, sidecar
 from napari_spineseg.errors import SpinesegError
 from napari_spineseg.io import load
 from napari_spineseg.study import bids
-from napari_spineseg.study.commands import segment_bids
 from napari_spineseg.study.state import CaseOpenWarning, CohortSession
-from test_cohort_bids import MODEL, make_bids
+from test_cohort_bids import segment_demo_bids
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
 
@@ -26,14 +25,7 @@ distributed = pytest.importorskip("distributed", reason="the batch extra is not 
 @pytest.fixture(scope="module")
 def segmented(tmp_path_factory):
     root = tmp_path_factory.mktemp("bids")
-    make_bids(root)
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
-        summary = segment_bids(root, None, model=MODEL, trust=True, client=client)
+    summary = segment_demo_bids(root)
     return root, summary.deriv
 
 
