@@ -122,3 +122,13 @@ def region_model(tmp_path_factory):
         regions_class_order=[1, 2],
         seed=5,
     )
+
+
+@pytest.fixture
+def models(tmp_path, monkeypatch):
+    """An empty model store for this test (``SPINESEG_MODELS_DIR`` points into tmp_path)."""
+    from napari_spineseg.models import store
+
+    root = tmp_path / "store"
+    monkeypatch.setenv(store.ENV_MODELS_DIR, str(root))
+    return root

@@ -29,13 +29,6 @@ DATASET = {"channel_names": {"0": "T2w"}, "labels": {"background": 0, "sc": 1}}
 PLANS = {"configurations": {"3d_fullres": {"patch_size": [8, 32, 32], "spacing": [2.0, 1.0, 1.0]}}}
 
 
-@pytest.fixture
-def models(tmp_path, monkeypatch):
-    root = tmp_path / "store"
-    monkeypatch.setenv(store.ENV_MODELS_DIR, str(root))
-    return root
-
-
 def checkpoint_bytes() -> bytes:
     """A torch-style checkpoint (a zip with data.pkl); the store never unpickles it."""
     buf = io.BytesIO()

@@ -22,13 +22,6 @@ ZIP_7T = DATA / "gm_sc_7t" / "model_seg_gm-wm_t2star_7t_unet3d-multiclass-r20211
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch):
-    root = tmp_path / "store"
-    monkeypatch.setenv(store.ENV_MODELS_DIR, str(root))
-    return root
-
-
-@pytest.fixture
 def server(tmp_path):
     """A local release server (127.0.0.1) serving tmp_path/releases."""
     folder = tmp_path / "releases"

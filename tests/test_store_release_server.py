@@ -24,13 +24,6 @@ TASKS = [t.id for t in catalog.tasks()]
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch):
-    root = tmp_path / "store"
-    monkeypatch.setenv(store.ENV_MODELS_DIR, str(root))
-    return root
-
-
-@pytest.fixture
 def github(release_server, monkeypatch):
     """The session's release server, serving every catalog URL, reached as github.com."""
     served = release_server.serve_catalog()

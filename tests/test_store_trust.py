@@ -36,13 +36,6 @@ class _OpensAFile:
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch):
-    root = tmp_path / "store"
-    monkeypatch.setenv(store.ENV_MODELS_DIR, str(root))
-    return root
-
-
-@pytest.fixture
 def hostile(tmp_path):
     """(model folder, zip of it, marker path): custom_2d with a code-running checkpoint."""
     import torch
