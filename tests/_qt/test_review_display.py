@@ -44,22 +44,23 @@ def test_preview_has_the_layers_units_and_discard_clears_its_text(qtbot, tmp_pat
 def test_segment_form_shows_the_custom_model_a_script_started(qtbot):
     from napari.components import ViewerModel
 
-    from napari_spineseg._qt.jobs import RunSpec
     from napari_spineseg._qt.segment_widget import CUSTOM, SegmentWidget
     from napari_spineseg.demo import demo_model_folder
+    from napari_spineseg.options import RunOptions
 
     widget = SegmentWidget(ViewerModel())
     qtbot.addWidget(widget.native)
     assert widget.task.value == "lesion_sci_t2"
-    run = RunSpec(task=None, model=str(demo_model_folder()), trust=True, remove_small="5vox")
+    run = RunOptions(task=None, model=str(demo_model_folder()), trust=True, remove_small="5vox")
     widget.show_run(run)
     assert widget.task.value == CUSTOM
     assert Path(str(widget.model.value)) == demo_model_folder()
     assert widget.trust.value and widget.remove_small.value == "5vox"
-    shown = widget.run_spec()  # what the form would run is what the script runs
-    assert (shown.task, shown.model, shown.trust, shown.remove_small) == (
+    shown = widget.run_options()  # what the form would run is what the script runs
+    assert (shown.task, shown.model, shown.trust, shown.remove_small.tokens) == (
         None,
         run.model,
         True,
-        "5vox",
+        ("5vox",),
     )
+    assert shown == run.with_(largest=shown.largest, fill_holes=shown.fill_holes)

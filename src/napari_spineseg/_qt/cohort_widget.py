@@ -36,9 +36,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..correction.review import spineseg_meta
 from ..errors import SpinesegError
 from ..study.state import Case, CaseOpenWarning, CohortSession
-from .review_state import spineseg_meta
 from .session import PLUGIN, REVIEW_WIDGET
 from .workers import notify_error
 

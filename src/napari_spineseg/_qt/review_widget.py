@@ -56,11 +56,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..correction.review import LayerReview, is_reviewable, spineseg_meta
 from ..errors import SpinesegError
+from ..jobs import CANCELLED, refine_job
+from ..options import RunOptions
 from ..progress import CancelToken, Progress
-from .jobs import RunSpec, refine_job
-from .review_state import LayerReview, is_reviewable, spineseg_meta
-from .workers import CANCELLED, notify_error, start_worker, wait_for
+from .workers import notify_error, start_worker, wait_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -1121,7 +1122,7 @@ class ReviewWidget(QScrollArea):
         self.worker = start_worker(
             refine_job,
             state.volume,
-            RunSpec.from_dict(state.run),
+            RunOptions.from_dict(state.run),
             state.suffix or "",
             crop,
             self._cancel,
