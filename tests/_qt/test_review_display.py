@@ -18,6 +18,7 @@ def test_preview_has_the_layers_units_and_discard_clears_its_text(qtbot, tmp_pat
     from napari.components import ViewerModel
     from napari.layers import Layer
 
+    from napari_spineseg._qt.review.refine import RefineRequest
     from napari_spineseg._qt.review_widget import ReviewWidget
     from napari_spineseg._reader import read_nifti
 
@@ -29,10 +30,10 @@ def test_preview_has_the_layers_units_and_discard_clears_its_text(qtbot, tmp_pat
     qtbot.addWidget(widget)
     state = widget.select_layer(layer)
     refined = np.zeros((10, *layer.data.shape[1:]), np.uint8)  # a stand-in prediction
-    ctx = {"state": state, "slab": (22, 28), "crop": (20, 30), "overwrite": False}
+    request = RefineRequest(state, slab=(22, 28), crop=(20, 30), overwrite=False)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # napari warns "Inconsistent units across layers"
-        widget._on_refined(ctx, refined)
+        widget._on_refined(request, refined)
     preview = widget.preview_layer
     assert preview is not None and tuple(preview.units) == tuple(layer.units)
     assert "Apply or Discard" in widget.refine_label.text()

@@ -138,7 +138,7 @@ class SegmentWidget(Container):
         self.on_results: list[Callable[[list[Any]], None]] = []
         self.task.value = "lesion_sci_t2" if "lesion_sci_t2" in self._tasks else self.task.value
         self._on_task()
-        from .review_widget import DockTabber
+        from .review.docking import DockTabber
 
         self._tabber = DockTabber(self.native)  # one tab stack with the Review panel
 
