@@ -65,3 +65,28 @@ def test_segment_form_shows_the_custom_model_a_script_started(qtbot):
         ("5vox",),
     )
     assert shown == run.with_(largest=shown.largest, fill_holes=shown.fill_holes)
+
+
+def test_a_bad_option_in_the_form_is_refused_before_a_run_starts(qtbot):
+    from napari.components import ViewerModel
+    from napari.layers import Layer
+
+    from napari_spineseg._qt.segment_widget import SegmentWidget
+    from napari_spineseg.errors import SpinesegError
+    from napari_spineseg.io import from_nifti
+    from napari_spineseg.layers import volume_layer_data
+    from napari_spineseg.phantom import cord_phantom
+
+    viewer = ViewerModel()
+    image, _ = cord_phantom(shape=(24, 20, 8), seed=4)
+    layer = viewer.add_layer(Layer.create(*volume_layer_data(from_nifti(image), as_labels=False)))
+    widget = SegmentWidget(viewer)
+    qtbot.addWidget(widget.native)
+    widget.remove_small.value = "10vox, abc"
+    assert widget.segment(layer) is None and not widget.running
+    assert isinstance(widget.last_error, SpinesegError)
+    assert widget.status.value == (
+        "Failed: -remove-small: cannot read 'abc'; write a number with an optional unit, "
+        "e.g. 10vox or 5mm3 (one value per class, like SCT)"
+    )
+    assert [ly.name for ly in viewer.layers] == [layer.name]  # nothing was added

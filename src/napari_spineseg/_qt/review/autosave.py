@@ -13,7 +13,8 @@ AUTOSAVE_POLL_MS = 2000
 
 
 class AutosaveRecovery:
-    """Autosave and recovery (part of ``ReviewWidget``)."""
+    """Autosave and recovery (a section of ``ReviewWidget``): the widget's timer calls
+    :meth:`autosave`; a newly bound layer gets :meth:`_offer_recovery`."""
 
     def autosave(self, force: bool = False, block: bool = False) -> list[threading.Thread]:
         """Write due recovery files off the GUI thread (copies are taken here)."""

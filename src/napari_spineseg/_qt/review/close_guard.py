@@ -33,7 +33,12 @@ class WindowCloseFilter(QObject):
 
 
 class CloseGuard:
-    """Unsaved-edits questions of the Review panel (part of ``ReviewWidget``)."""
+    """Unsaved-edits questions of the Review panel (a section of ``ReviewWidget``).
+
+    Uses the widget's ``viewer``, ``states``, ``prompt`` and ``_save_state``; keeps
+    ``_closing`` (confirmed: the closing viewer's layer removals ask nothing more),
+    ``_removing`` (layers put back after Cancel) and ``_guarded_window``.
+    """
 
     def _on_removed(self, event) -> None:
         layer = unwrap(event.value)

@@ -7,7 +7,8 @@ from ...errors import SpinesegError
 
 
 class CorrectionActions:
-    """Paint and the correction tools (part of ``ReviewWidget``)."""
+    """Paint and the correction tools (a section of ``ReviewWidget``): each action is
+    one undo step on the current layer's review state, then the panel is refreshed."""
 
     def class_value(self) -> int:
         state = self.state

@@ -28,7 +28,10 @@ def unwrap(obj: Any) -> Any:
 
 
 class ReviewPanel:
-    """What the Review panel shows of the current result (part of ``ReviewWidget``)."""
+    """What the Review panel shows of the current result (a section of ``ReviewWidget``).
+
+    Reads the widget's ``viewer``, ``states`` and the widgets made by ``layout``.
+    """
 
     @property
     def state(self) -> LayerReview | None:

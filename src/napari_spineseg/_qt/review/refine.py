@@ -49,7 +49,11 @@ class RefinePreview:
 
 
 class RefineActions:
-    """Crop and refine (part of ``ReviewWidget``)."""
+    """Crop and refine (a section of ``ReviewWidget``).
+
+    Keeps ``worker`` and ``_cancel`` (the running refine) and ``_preview`` (the
+    :class:`RefinePreview` waiting for Apply or Discard, or None).
+    """
 
     def slab(self) -> tuple[int, int]:
         """The slab in the spin boxes as a half-open range ``(first, last + 1)``."""

@@ -13,7 +13,9 @@ from .panel import unwrap
 
 
 class SaveActions:
-    """The Save section (part of ``ReviewWidget``)."""
+    """The Save section (a section of ``ReviewWidget``): saves go through each layer's
+    :meth:`LayerReview.save`; ``prompt_replace`` is asked first when it would replace a
+    file this session did not write."""
 
     def save(self, path: str | Path | None = None, layer: Any = None) -> Path | None:
         state = self.states.get(id(unwrap(layer))) if layer is not None else self._require()
