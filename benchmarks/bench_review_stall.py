@@ -28,15 +28,15 @@ BUDGET_MS = 50.0
 
 
 def stand_in_result(image_layer: Any, run: Any) -> list[tuple]:
-    """Layer data tuples as :func:`napari_spineseg._qt.jobs.result_layer_data` makes them
+    """Layer data tuples as :func:`napari_spineseg.jobs.result_layer_data` makes them
     for a two-output run (cord + a lesion-like second output), without a model."""
     from types import SimpleNamespace
 
     from scipy import ndimage
 
-    from napari_spineseg._qt.jobs import ImageSnapshot, result_layer_data
     from napari_spineseg.catalog import get_task
     from napari_spineseg.io import load
+    from napari_spineseg.jobs import ImageSnapshot, result_layer_data
     from napari_spineseg.segmentation import LabelOutput
 
     snapshot = ImageSnapshot.of(image_layer)
@@ -66,9 +66,9 @@ def measure(viewer: Any, repeat: int = 1) -> dict[str, Any]:
     """Hand a prepared result to the widgets ``repeat`` times; the heartbeat's gaps."""
     from qtpy.QtWidgets import QApplication
 
-    from napari_spineseg._qt.jobs import RunSpec
     from napari_spineseg._qt.session import open_image
     from napari_spineseg._qt.workers import StallMeter
+    from napari_spineseg.options import RunOptions
 
     image = open_image(viewer, IMAGE)
     seg_dock, segment = viewer.window.add_plugin_dock_widget(
@@ -78,7 +78,7 @@ def measure(viewer: Any, repeat: int = 1) -> dict[str, Any]:
         "napari-spineseg", "Review and correct", tabify=True
     )
     review.prompt_recovery = lambda text: "ignore"
-    run = RunSpec(task="lesion_sci_t2", device="cpu")
+    run = RunOptions(task="lesion_sci_t2", device="cpu")
     gaps: list[float] = []
     for _ in range(repeat):
         value = stand_in_result(image, run)  # (the worker's work, not timed)

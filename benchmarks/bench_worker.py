@@ -12,11 +12,11 @@ preprocessing, inference and export, and none loads the model):
 
    (a) ``api.segment(...)`` called on the main thread (what a script does);
    (b) the same call through the Segment widget's machinery: the generator core
-       ``_qt.workers.steps(api.segment, ...)`` on a napari ``GeneratorWorker``
+       ``jobs.steps(api.segment, ...)`` on a napari ``GeneratorWorker``
        (``_qt.workers.start_worker``) while a Qt event loop runs, wall-clock from the
        worker's start to the result delivered on the main thread;
    (c) the same generator core consumed on the main thread without Qt
-       (``_qt.workers.run_sync``): ``api.segment`` on a helper thread, no napari. It
+       (``jobs.run_sync``): ``api.segment`` on a helper thread, no napari. It
        tells an effect of running torch on another thread apart from one of napari/Qt.
 
    The order is reversed every round so drift from other load hits all alike.
@@ -94,7 +94,7 @@ def run_core(image, kw: dict) -> float:
     """(c) the generator core consumed on the main thread, no Qt: tells a slowdown of
     the helper thread that runs ``api.segment`` apart from one of the napari worker."""
     from napari_spineseg import api
-    from napari_spineseg._qt.workers import run_sync, steps
+    from napari_spineseg.jobs import run_sync, steps
     from napari_spineseg.progress import CancelToken
 
     t = time.perf_counter()
@@ -113,7 +113,8 @@ def run_worker(image, kw: dict) -> tuple[float, float]:
     from qtpy.QtCore import QEventLoop
 
     from napari_spineseg import api
-    from napari_spineseg._qt.workers import StallMeter, start_worker, steps
+    from napari_spineseg._qt.workers import StallMeter, start_worker
+    from napari_spineseg.jobs import steps
     from napari_spineseg.progress import CancelToken
 
     box: dict = {}

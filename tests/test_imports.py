@@ -23,6 +23,10 @@ CORE = (
     "napari_spineseg._writer",
     "napari_spineseg._sample_data",
     "napari_spineseg.demo",
+    # the Qt-free halves of the widgets (issue 8): jobs, review state, the save path
+    "napari_spineseg.jobs",
+    "napari_spineseg.correction.review",
+    "napari_spineseg.saving",
 )
 OPTIONAL = ("napari_spineseg.api", "napari_spineseg.catalog")
 

@@ -199,7 +199,7 @@ def test_review_of_a_lab_model_without_a_task_uses_its_own_classes(gl_viewer, tm
     again = review(gl_viewer, session.image_layer, start=False)
     assert again.run.task == "lesion_sci_t2" and again.run.model is None
     assert again.segment_widget.task.value == "lesion_sci_t2"
-    assert again.segment_widget.run_spec().model is None  # the lab's folder is cleared
+    assert again.segment_widget.run_options().model is None  # the lab's folder is cleared
 
 
 # ------------------------------------------------------------------ on screen (Xvfb)

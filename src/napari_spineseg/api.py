@@ -242,25 +242,39 @@ def output_paths(
     return {s: Path(f"{base}{s}{ext or '.nii.gz'}") for s in suffixes}
 
 
-def save(result: SegmentationResult, out: str | os.PathLike | None = None) -> list[Path]:
+def save(
+    result: SegmentationResult,
+    out: str | os.PathLike | None = None,
+    *,
+    entry_extra: dict[str, Any] | None = None,
+    sidecar_extra: dict[str, Any] | None = None,
+) -> list[Path]:
     """Write every output as NIfTI on the source's exact grid, each with a JSON sidecar.
 
-    Returns the written mask paths. Uses ``io.save_labels`` (exact header copy, atomic
-    write, previous version kept) and writes ``<mask>.json`` with SCT's ``GeneratedBy``.
+    Returns the written mask paths (named by :func:`output_paths`). Each output goes
+    through :func:`napari_spineseg.saving.save_mask`, the Review widget's save path too:
+    exact header copy, atomic write, previous version kept, and ``<mask>.json`` with
+    SCT's ``GeneratedBy`` entry. ``entry_extra`` is merged into that entry (e.g. a batch's
+    run key) and ``sidecar_extra`` into the sidecar's top level (e.g. BIDS ``Sources``).
     """
-    from . import sidecar
-    from .io import save_labels
+    from .saving import save_mask
 
-    paths = output_paths(result, out)
+    # until batch passes entry_extra itself (SegmentationResult.sidecar_extra then goes)
+    entry = {**(getattr(result, "sidecar_extra", None) or {}), **(entry_extra or {})}
     written: list[Path] = []
-    for suffix, path in paths.items():
+    for suffix, path in output_paths(result, out).items():
         output = result.outputs[suffix]
         path.parent.mkdir(parents=True, exist_ok=True)
-        p = save_labels(output.labels, path, like=result.source)
-        entry = sidecar.generated_by(result.provenance, output=suffix)
-        entry["Classes"] = {str(k): v for k, v in output.classes.items()}
-        if result.sidecar_extra:
-            entry.update(result.sidecar_extra)
-        sidecar.write_generated_by(p, entry)
-        written.append(Path(p))
+        written.append(
+            save_mask(
+                output.labels,
+                path,
+                like=result.source,
+                classes=output.classes,
+                provenance=result.provenance,
+                output=suffix,
+                entry_extra=entry,
+                sidecar_extra=sidecar_extra,
+            )
+        )
     return written

@@ -4,8 +4,9 @@ SCT writes ``<mask>.json`` = ``{"GeneratedBy": [{"Name": "spinalcordtoolbox: sct
 ...", "Version", "CodeURL", "ModelURL"}]}`` next to every output, and
 ``spinalcordtoolbox/manual-correction`` appends ``{"Name": "Manual", "Author", "Date"}``
 after a correction. We write the same structure (``Name`` "napari-spineseg", plus the task,
-the model's SHA-256 and the settings) so those tools keep working, and the review widget
-appends its correction record with :func:`append_generated_by`.
+the model's SHA-256 and the settings) so those tools keep working; a saved mask's
+sidecar is built by :func:`napari_spineseg.saving.mask_sidecar` (the model's entry, or the
+sidecar the mask came with, plus a correction record).
 
 A sidecar is replaced atomically under the same per-file lock as masks
 (:mod:`napari_spineseg.io.atomic`), so an append from two processes keeps both entries,
@@ -76,11 +77,6 @@ def generated_by(provenance: dict[str, Any], output: str | None = None) -> dict[
     if provenance.get("postprocessing"):
         entry["PostProcessing"] = provenance["postprocessing"]
     return entry
-
-
-def write_generated_by(nifti_path: str | os.PathLike, entry: dict[str, Any]) -> Path:
-    """Start a fresh sidecar for a newly generated mask (replaces an older one)."""
-    return write(nifti_path, {"GeneratedBy": [entry]})
 
 
 def append_generated_by(nifti_path: str | os.PathLike, entry: dict[str, Any]) -> Path:

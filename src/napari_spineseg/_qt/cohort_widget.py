@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,9 +37,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..correction.review import spineseg_meta
 from ..errors import SpinesegError
 from ..study.state import Case, CaseOpenWarning, CohortSession
-from .review_state import spineseg_meta
 from .session import PLUGIN, REVIEW_WIDGET
 from .workers import notify_error
 
@@ -226,16 +227,19 @@ class CohortWidget(QWidget):
             state = self._state_of(layer)
             if state is None:
                 raise SpinesegError(f"{layer.name}: the Review panel did not take the layer")
-            state.save = self._saver(suffix)  # every save of this layer: the derivatives
-            # The case's own mask in the derivatives is what is being corrected: saving it
-            # is the point of opening the case, so the Review panel does not ask whether
-            # to replace "a file this session did not write" (history keeps the old one).
-            state.needs_confirmation = lambda path=None: None
+            # every save of this layer (Save, Save all, the close prompt) goes into the
+            # derivatives. The case's own mask there is what is being corrected: saving
+            # it is the point of opening the case, so the Review panel does not ask
+            # whether to replace "a file this session did not write" (history keeps it).
+            state.save_handler = self._saver(suffix)
         first = self.layers[1] if len(self.layers) > 1 else None
         if first is not None:
             self.review_widget.select_layer(first)
 
-    def _saver(self, suffix: str):
+    def _saver(self, suffix: str) -> Callable[[Any, str | None], Path]:
+        """The save handler of the case's ``suffix`` mask (path and author are the
+        cohort's: the derivatives file and the rater)."""
+
         def save(path: Any = None, author: str | None = None) -> Path:
             return self.save(only=suffix)[0]
 

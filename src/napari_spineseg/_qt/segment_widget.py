@@ -31,9 +31,10 @@ from qtpy.QtWidgets import QSizePolicy
 
 from .. import api
 from ..errors import SpinesegError
+from ..jobs import CANCELLED, ImageSnapshot, segment_job, steps
+from ..options import RunOptions
 from ..progress import CancelToken, Progress
-from .jobs import ImageSnapshot, RunSpec, segment_job
-from .workers import CANCELLED, notify_error, start_worker, steps, wait_for
+from .workers import notify_error, start_worker, wait_for
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -137,7 +138,7 @@ class SegmentWidget(Container):
         self.on_results: list[Callable[[list[Any]], None]] = []
         self.task.value = "lesion_sci_t2" if "lesion_sci_t2" in self._tasks else self.task.value
         self._on_task()
-        from .review_widget import DockTabber
+        from .review.docking import DockTabber
 
         self._tabber = DockTabber(self.native)  # one tab stack with the Review panel
 
@@ -195,13 +196,13 @@ class SegmentWidget(Container):
         self.fill_holes.value = pp.fill_holes
         self.remove_small.value = ",".join(pp.remove_small)
 
-    def run_spec(self) -> RunSpec:
-        """The run the widget would start now (task, model, device, options)."""
+    def run_options(self) -> RunOptions:
+        """The run the widget would start now (task, model, device, options), validated."""
         spec = self._spec()
         model = self._model_path()
         if spec is None and model is None:
             raise SpinesegError("task 'custom': choose your nnU-Net model folder first")
-        return RunSpec(
+        return RunOptions(
             task=spec.id if spec is not None else None,
             model=model,
             trust=bool(self.trust.value),
@@ -215,7 +216,7 @@ class SegmentWidget(Container):
             test_time_aug=bool(self.test_time_aug.value),
         )
 
-    def show_run(self, run: RunSpec) -> None:
+    def show_run(self, run: RunOptions) -> None:
         """Set the form to ``run`` (task, custom model, device, options), so the widget
         shows what a scripted run (``napari_spineseg.review(model=...)``) is doing."""
         task = run.task if run.task in self._tasks else CUSTOM if run.model else None
@@ -233,7 +234,7 @@ class SegmentWidget(Container):
         if run.fill_holes is not None:
             self.fill_holes.value = bool(run.fill_holes)
         if run.remove_small is not None:
-            self.remove_small.value = str(run.remove_small)
+            self.remove_small.value = ",".join(run.remove_small.tokens)
         self.test_time_aug.value = bool(run.test_time_aug)
 
     def _set_busy(self, kind: str) -> None:
@@ -259,7 +260,7 @@ class SegmentWidget(Container):
         self.status.value = f"{self._kind}: {p.stage}{detail}"
 
     # ------------------------------------------------------------------ actions
-    def segment(self, image: Any = None, run: RunSpec | None = None):
+    def segment(self, image: Any = None, run: RunOptions | None = None):
         """Start a run on ``image`` (default: the picked image layer); returns the worker.
 
         Raises nothing for user errors: they are shown (status line + notification) and
@@ -275,7 +276,7 @@ class SegmentWidget(Container):
             snapshot = ImageSnapshot.of(layer)
             if run is not None:
                 self.show_run(run)
-            run = run or self.run_spec()
+            run = run or self.run_options()
         except SpinesegError as exc:
             self._fail(exc)
             return None

@@ -26,14 +26,14 @@ from typing import TYPE_CHECKING, Any
 from qtpy.QtCore import QTimer
 
 from ..errors import GeometryWarning, SpinesegError
-from .jobs import RunSpec
+from ..options import RunOptions, run_options
 from .segment_widget import CUSTOM
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
     from ..correction.qc import SliceTable
-    from .review_state import LayerReview
+    from ..correction.review import LayerReview
     from .review_widget import ReviewWidget
     from .segment_widget import SegmentWidget
 
@@ -51,7 +51,7 @@ class ReviewSession:
     segment_widget: SegmentWidget
     review_widget: ReviewWidget
 
-    def __init__(self, viewer: napari.viewer.Viewer, image_layer: Any, run: RunSpec) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer, image_layer: Any, run: RunOptions) -> None:
         self.viewer = viewer
         self.image_layer = image_layer
         self.run = run
@@ -241,23 +241,16 @@ def review(
     its own ``dataset.json`` (the widget's task "custom"); with a task, it replaces that
     task's model. With neither, the task is ``lesion_sci_t2`` (:data:`DEFAULT_TASK`).
     ``options``: ``threshold``, ``largest``, ``fill_holes``, ``remove_small``,
-    ``test_time_aug`` as in :func:`napari_spineseg.api.segment`.
+    ``test_time_aug`` as in :func:`napari_spineseg.api.segment` (any field of
+    :class:`~napari_spineseg.options.RunOptions`), checked here before anything opens.
     """
     if task is None and model is None:
         task = DEFAULT_TASK
+    run = run_options(task=task, model=model, trust=trust, device=device, **options)
     if isinstance(image, str | os.PathLike):
         layer = open_image(viewer, image)
     else:
         layer = image
-    rs = options.pop("remove_small", None)
-    run = RunSpec(
-        task=task,
-        model=str(model) if model is not None else None,
-        trust=trust,
-        device=device,
-        remove_small=",".join(rs) if isinstance(rs, list | tuple) else rs,
-        **options,
-    )
     session = ReviewSession(viewer, layer, run)
     if start:
         session.segment()

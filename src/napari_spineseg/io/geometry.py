@@ -18,9 +18,14 @@ nearest axis-aligned grid; the residual obliquity is recorded so the reader can 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .volume import Volume
 
 #: Axis codes of the display convention (direction each array axis points to).
 DISPLAY_AXCODES: tuple[str, str, str] = ("I", "P", "L")
@@ -186,3 +191,23 @@ def _inverse_axes(transform: np.ndarray) -> list[tuple[int, int]]:
     for file_axis, (disp_axis, flip) in enumerate(transform):
         out[int(disp_axis)] = (file_axis, int(flip))
     return out
+
+
+def crop_display(volume: Volume, start: int, stop: int) -> nib.Nifti1Image:
+    """A NIfTI image of display slices ``[start, stop)`` of ``volume`` in the same world.
+
+    The crop's voxel order *is* the display order (its affine is the display affine
+    shifted by ``start`` slices), so a model's labels for it come back in display order
+    and overlay the slab exactly; no file-axis bookkeeping is needed (crop-and-refine).
+    A 4D series is averaged over volumes first (what :func:`api.segment` does too).
+    """
+    image3d = volume.image3d(reduce="mean")
+    display = volume.geometry.to_display(np.asanyarray(image3d.dataobj))
+    crop = np.ascontiguousarray(display[start:stop])
+    affine = volume.geometry.display_affine.copy()
+    affine[:3, 3] = affine[:3, :3] @ np.array([start, 0.0, 0.0]) + affine[:3, 3]
+    img = nib.Nifti1Image(crop, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img

@@ -1,58 +1,25 @@
-"""What the widgets run on their workers: segment an image, refine a slab.
+"""Result layers: a segmentation result as napari Labels layer data, made off the GUI thread.
 
-Each job is a generator core (see :mod:`.workers`) that calls :func:`napari_spineseg.api.segment`
-and then prepares everything the GUI thread needs (display-order arrays, per-class
-probabilities, layer data tuples), so that the GUI thread only adds layers: converting
-and copying volumes there would freeze the viewer. No Qt and no napari import here.
+Everything the GUI thread would otherwise compute when a run returns (display-order
+arrays, per-class probabilities, the review table, napari's colour kernels) is done here
+on the worker, so that the GUI thread only adds layers: converting and copying volumes
+there would freeze the viewer. Layer data tuples only; napari is imported lazily, and
+only to warm up its colour kernels.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..progress import CancelToken, Progress
-from .workers import CANCELLED, steps
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """The task and options of one run, as picked in the Segment widget.
-
-    Stored in each result layer's metadata (``metadata["spineseg"]["run"]``) so that a
-    crop-and-refine re-runs exactly the same model with the same options.
-    """
-
-    task: str | None = None
-    model: str | None = None
-    trust: bool = False
-    device: str = "auto"
-    threshold: float | None = None
-    largest: bool | None = None
-    fill_holes: bool | None = None
-    remove_small: str | None = None
-    test_time_aug: bool = False
-
-    def segment_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`napari_spineseg.api.segment`."""
-        kw = asdict(self)
-        rs = kw.pop("remove_small")
-        if rs:
-            parts = [p.strip() for p in str(rs).replace(";", ",").split(",") if p.strip()]
-            kw["remove_small"] = parts if len(parts) > 1 else (parts[0] if parts else None)
-        else:
-            kw["remove_small"] = None
-        return kw
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> RunSpec:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+if TYPE_CHECKING:  # pragma: no cover
+    from ..catalog import TaskSpec
+    from ..io import Volume
+    from ..options import RunOptions
+    from ..segmentation import LabelOutput, SegmentationResult
 
 
 @dataclass(frozen=True)
@@ -64,7 +31,7 @@ class ImageSnapshot:
     """
 
     name: str
-    volume: Any  # napari_spineseg.io.Volume
+    volume: Volume
     scale: tuple[float, ...]
     translate: tuple[float, ...]
     metadata: dict[str, Any]
@@ -91,7 +58,9 @@ class ImageSnapshot:
         )
 
 
-def _probability_for(output, probabilities: Mapping[str, np.ndarray], spec) -> dict[int, Any]:
+def _probability_for(
+    output: LabelOutput, probabilities: Mapping[str, np.ndarray], spec: TaskSpec
+) -> dict[int, Any]:
     """Per label value of one output file, the model's probability map (file order)."""
     out: dict[int, Any] = {}
     outspec = next((o for o in spec.outputs if o.suffix == output.suffix), None)
@@ -105,13 +74,15 @@ def _probability_for(output, probabilities: Mapping[str, np.ndarray], spec) -> d
     return out
 
 
-def result_layer_data(result, snapshot: ImageSnapshot, run: RunSpec) -> list[tuple]:
+def result_layer_data(
+    result: SegmentationResult, snapshot: ImageSnapshot, options: RunOptions
+) -> list[tuple]:
     """One Labels layer data tuple per output file of ``result``, on the image's grid.
 
     Labels and probabilities go to display order; class names become ``features`` (shown
     on hover) and colours a direct colormap; the metadata keeps the probabilities (for the
-    review table), the frozen model output (for edit tracking), the run (for refine) and
-    the provenance (for the sidecar).
+    review table), the frozen model output (for edit tracking), the run options
+    (``RunOptions.as_dict()``, for refine) and the provenance (for the sidecar).
     """
     from ..layers import labels_layer_data_like
 
@@ -134,7 +105,7 @@ def result_layer_data(result, snapshot: ImageSnapshot, run: RunSpec) -> list[tup
             extra_meta={
                 "suffix": suffix,
                 "task": result.task.id,
-                "run": run.as_dict(),
+                "run": options.as_dict(),
                 "provenance": result.provenance,
                 "probabilities": probs,
                 "model_output": None,  # filled below with the layer's own dtype
@@ -210,70 +181,3 @@ def warm_up_label_colormap(colormap: Any, dtype: np.dtype) -> None:
         cmap._data_to_texture(values)
     except Exception:  # only an optimisation: never fail a run for it
         pass
-
-
-def segment_job(
-    snapshot: ImageSnapshot, run: RunSpec, cancel: CancelToken
-) -> Generator[Progress | None, None, Any]:
-    """Segment the snapshot's volume; returns layer data tuples, or :data:`CANCELLED`."""
-    from .. import api
-
-    result = yield from steps(api.segment, snapshot.volume, cancel=cancel, **run.segment_kwargs())
-    if result is CANCELLED:
-        return CANCELLED
-    yield Progress(1.0, "preparing layers")
-    layers = result_layer_data(result, snapshot, run)
-    _ = snapshot.volume.sha256  # hash the source here (autosave key), not on the GUI thread
-    if cancel.cancelled:
-        return CANCELLED
-    return layers
-
-
-def crop_display(volume, start: int, stop: int):
-    """A NIfTI image of display slices ``[start, stop)`` of ``volume`` in the same world.
-
-    The crop's voxel order *is* the display order (its affine is the display affine
-    shifted by ``start`` slices), so a model's labels for it come back in display order
-    and overlay the slab exactly; no file-axis bookkeeping is needed. A 4D series is
-    averaged over volumes first (what :func:`api.segment` does too).
-    """
-    import nibabel as nib
-
-    image3d = volume.image3d(reduce="mean")
-    display = volume.geometry.to_display(np.asanyarray(image3d.dataobj))
-    crop = np.ascontiguousarray(display[start:stop])
-    affine = volume.geometry.display_affine.copy()
-    affine[:3, 3] = affine[:3, :3] @ np.array([start, 0.0, 0.0]) + affine[:3, 3]
-    img = nib.Nifti1Image(crop, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    return img
-
-
-def refine_job(
-    volume,
-    run: RunSpec,
-    suffix: str,
-    crop: tuple[int, int],
-    cancel: CancelToken,
-) -> Generator[Progress | None, None, Any]:
-    """Re-run the task on display slices ``crop`` (slab + margin).
-
-    Returns the new labels of output ``suffix`` for the crop, in display order, or
-    :data:`CANCELLED`.
-    """
-    from .. import api
-    from ..errors import TaskError
-
-    image = crop_display(volume, *crop)
-    kwargs = replace(run).segment_kwargs()
-    kwargs["return_probabilities"] = False
-    result = yield from steps(api.segment, image, cancel=cancel, **kwargs)
-    if result is CANCELLED:
-        return CANCELLED
-    if suffix not in result.outputs:
-        raise TaskError(
-            f"the refine run has no output {suffix!r} (it has {', '.join(result.outputs)})"
-        )
-    return np.asarray(result.outputs[suffix].labels)

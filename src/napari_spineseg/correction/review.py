@@ -1,9 +1,11 @@
-"""The review state of one Labels layer: edits, QC table, autosave, tools, export.
+"""The review state of one Labels layer: edits, QC table, autosave, tools, saving.
 
 The Review widget keeps one :class:`LayerReview` per result layer. It is the glue between
-the napari layer (its data, its undo history, its paint events) and the Qt-free logic of
-:mod:`napari_spineseg.correction`; it has no widgets, so scripts and tests use it directly
-(``session.state``, ``session.select(layer)``).
+the napari layer (its data, its undo history, its paint events) and the rest of
+:mod:`napari_spineseg.correction`. It has no widgets and imports neither napari nor Qt
+(the layer is duck-typed: ``data``, ``data_setitem``, ``scale``, ``metadata`` and napari's
+undo/redo stacks), so scripts and tests use it on a plain ``napari.layers.Labels``
+without a viewer (``session.state``, ``session.select(layer)``).
 
 Every change goes through ``layer.data_setitem`` (one napari undo step each); the edit
 tracker compares the layer with the frozen model output; ``dirty`` means "the labels
@@ -17,6 +19,11 @@ recompute, and every recorded fact (a tool used, a slab trimmed or refined, the 
 reference) is tied to the history atom that applied it, so it is withdrawn when that
 atom is undone and restored when it is redone. Numbers in the saved record come from a
 full comparison of the saved array with the model output, never from the hints.
+
+Saving goes through :func:`napari_spineseg.saving.save_mask`, the function ``api.save``
+uses. Where a layer's saves go (and whether replacing a file needs the reviewer's
+consent) is the :attr:`LayerReview.save_target` hook: the cohort review points it at
+the study's derivatives.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import getpass
 import logging
 import threading
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +40,11 @@ from typing import Any
 import numpy as np
 
 from .. import correction
-from ..correction.edits import EditSummary
-from ..correction.qc import ClassSummary, EdgeSlabs, SliceTable, is_cord_name, is_lesion_name
-from ..correction.refine import SlabChange
-from ..correction.tools import Edit
 from ..errors import LabelsError, SaveRefusedError, SpinesegError
+from .edits import EditSummary
+from .qc import ClassSummary, EdgeSlabs, SliceTable, is_cord_name, is_lesion_name
+from .refine import SlabChange
+from .tools import Edit
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +180,11 @@ class LayerReview:
         #: the suffix of the cord output the worker's table checked lesions against
         self.table_cord_suffix: str | None = info.pop("qc_cord_suffix", None) if fits else None
         self._autosave_lock = threading.Lock()
+        #: where this layer's saves go instead (None: :meth:`save` writes beside the
+        #: source): a callable ``(path, author) -> written path``. The cohort review
+        #: writes into the study's derivatives with its own record; such a save replaces
+        #: the case's own mask without asking (its previous version is kept).
+        self.save_handler: Callable[[str | Path | None, str | None], Path] | None = None
         #: weak reference to a callable(state) told about paint/reload events (the widget)
         self.listener: Any = None
         self.autosaver: correction.Autosaver | None = None
@@ -478,20 +490,17 @@ class LayerReview:
 
     def save(self, path: str | Path | None = None, author: str | None = None) -> Path:
         """Write the mask on the source grid (exact header, atomic, previous version kept)
-        and its JSON sidecar: the model's ``GeneratedBy`` entry plus the correction record."""
-        from .. import sidecar
-        from ..io import save_labels
+        and its JSON sidecar: the model's ``GeneratedBy`` entry (or the sidecar a mask
+        opened from disk came with) plus the correction record.
+
+        With a :attr:`save_handler`, the save is the handler's (the cohort's derivatives).
+        """
+        if self.save_handler is not None:
+            return self.save_handler(path, author)
+        from ..saving import save_mask
 
         target = Path(path) if path is not None else self.default_path()
         record = self.correction_record(author)  # from the very array written below
-        labels = self.volume.geometry.to_file(np.asarray(self.layer.data))
-        itself = self.from_file and _same_file(target, self.volume.path)
-        written = Path(save_labels(labels, target, like=self.volume, replace_like=itself))
-        existing: dict[str, Any] = dict(self._loaded_sidecar)
-        if self.provenance:
-            entry = sidecar.generated_by(self.provenance, output=self.suffix)
-            entry["Classes"] = {str(k): v for k, v in self.classes.items()}
-            existing = {"GeneratedBy": [entry]}
         details = record["napari-spineseg"]
         touched = (
             details.get("VoxelsChangedTotal")
@@ -499,8 +508,20 @@ class LayerReview:
             or details["SlabsTrimmed"]
             or details["ReviewedSlices"]
         )
-        data = correction.extend_sidecar(existing, record) if touched or not existing else existing
-        sidecar.write(written, data)
+        # an untouched result keeps its model entry alone; a mask with no other entry
+        # gets the record so the sidecar says who saved it
+        keep_record = bool(touched) or not (self.provenance or self._loaded_sidecar)
+        written = save_mask(
+            self.volume.geometry.to_file(np.asarray(self.layer.data)),
+            target,
+            like=self.volume,
+            classes=self.classes,
+            provenance=self.provenance or None,
+            output=self.suffix,
+            loaded=self._loaded_sidecar,
+            record=record if keep_record else None,
+            replace_like=self.from_file and _same_file(target, self.volume.path),
+        )
         self.dirty = False  # the checksums of the saved array (refreshed above)
         self.saved_paths.append(written)
         if self.autosaver is not None:
@@ -509,7 +530,10 @@ class LayerReview:
 
     def needs_confirmation(self, path: str | Path | None = None) -> Path | None:
         """The file a save to ``path`` would replace when this session did not write it
-        (a reference mask of the same name: ask first), else None."""
+        (a reference mask of the same name: ask first), else None. Saves through a
+        :attr:`save_handler` never ask: the handler owns its target."""
+        if self.save_handler is not None:
+            return None
         target = Path(path) if path is not None else self.default_path()
         if not target.exists() or any(_same_file(target, p) for p in self.saved_paths):
             return None

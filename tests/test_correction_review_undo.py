@@ -21,7 +21,7 @@ from scipy import ndimage
 from napari_spineseg.io import load
 from napari_spineseg.layers import volume_layer_data
 
-SCT = Path(__file__).resolve().parents[3] / "shared" / "data" / "sct_testing_data"
+SCT = Path(__file__).resolve().parents[2] / "shared" / "data" / "sct_testing_data"
 CORD = SCT / "t2" / "t2_seg-manual.nii.gz"
 
 pytestmark = pytest.mark.skipif(not CORD.exists(), reason=f"SCT example data not at {SCT}")
@@ -113,7 +113,7 @@ def _check_saved(path: Path, state, mirror: Mirror) -> None:
 
 @pytest.mark.parametrize("seed", range(int(os.environ.get("SPINESEG_UNDO_SEEDS", "3"))))
 def test_random_paint_undo_redo_refine_save_keeps_the_record_true(tmp_path, seed):
-    from napari_spineseg._qt.review_state import LayerReview
+    from napari_spineseg.correction.review import LayerReview
 
     rng = random.Random(seed)
     viewer, layer = _viewer_with_mask()
@@ -182,7 +182,7 @@ def test_random_paint_undo_redo_refine_save_keeps_the_record_true(tmp_path, seed
 
 def test_undo_of_a_refine_restores_the_reference_and_the_record(tmp_path):
     """The issue's case: undoing Apply must not turn the refined voxels into 'edits'."""
-    from napari_spineseg._qt.review_state import LayerReview
+    from napari_spineseg.correction.review import LayerReview
 
     viewer, layer = _viewer_with_mask()
     state = LayerReview(layer, autosave_dir=tmp_path / "autosave")
