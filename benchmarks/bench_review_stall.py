@@ -100,7 +100,7 @@ def measure(viewer: Any, repeat: int = 1) -> dict[str, Any]:
         state = review.state
         panel = {
             "layers": [ly.name for ly in segment.last_layers],
-            "table_rows": review.table_widget.rowCount(),
+            "table_rows": review.table_model.rowCount(),
             "sparkline_slices": int(review.sparkline.values.size),
             "reviewing": None if state is None else str(state.layer.name),
         }

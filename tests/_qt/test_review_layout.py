@@ -41,7 +41,7 @@ def test_menu_docked_widgets_share_one_tab_stack_and_the_table_is_usable(viewer,
     rev_dock.raise_()
     for _ in range(5):
         QApplication.processEvents()
-    table = review.table_widget
+    table = review.table_view
     row_px = table.verticalHeader().defaultSectionSize()
     assert table.height() >= TABLE_ROWS * row_px, (table.height(), row_px)
     assert not table.horizontalScrollBar().isVisible()
@@ -56,7 +56,7 @@ def test_menu_docked_widgets_share_one_tab_stack_and_the_table_is_usable(viewer,
     review.only_flagged.setChecked(False)
     review.sort_combo.setCurrentIndex(review.sort_combo.findData("slice"))
     table.setFocus()
-    table.setCurrentCell(4, 0)
+    table.setCurrentIndex(review.table_model.index(4, 0))
     assert review.current_slice() == 4
     qtbot.keyClick(table, Qt.Key.Key_Down)
     assert review.current_slice() == 5

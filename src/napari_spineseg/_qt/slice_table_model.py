@@ -18,6 +18,14 @@ from qtpy.QtGui import QColor
 
 from ..correction.qc import SliceTable
 
+#: the words shown for each flag
+FLAG_LABELS = {
+    "empty": "gap",
+    "lesion_outside_cord": "lesion outside cord",
+    "extra_components": "extra components",
+    "area_jump": "area jump",
+    "low_confidence": "low confidence",
+}
 #: the text colour of a flagged slice nobody has reviewed yet
 FLAGGED_COLOR = QColor(255, 140, 120)
 #: the role that carries a row's slice index (display order, the viewer's slider value)
@@ -30,7 +38,7 @@ class SliceTableModel(QAbstractTableModel):
     def __init__(self, flag_labels: dict[str, str] | None = None, parent: Any = None) -> None:
         super().__init__(parent)
         #: flag name -> the words shown for it ("area_jump" -> "area jump")
-        self.flag_labels = dict(flag_labels or {})
+        self.flag_labels = dict(FLAG_LABELS if flag_labels is None else flag_labels)
         self._table: SliceTable | None = None
         self._order = np.zeros(0, dtype=np.intp)
         self._values: list[int] = []

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QProgressBar,
     QPushButton,
@@ -23,11 +24,12 @@ from qtpy.QtWidgets import (
     QSizePolicy,
     QSpinBox,
     QSplitter,
-    QTableWidget,
+    QTableView,
     QVBoxLayout,
     QWidget,
 )
 
+from ..slice_table_model import SliceTableModel
 from .sparkline import Sparkline
 
 #: rows of the slice table visible at least
@@ -97,23 +99,33 @@ class ReviewLayout:
         row.addWidget(self.sort_combo, 1)
         row.addWidget(self.only_flagged)
         lay.addLayout(row)
-        self.table_widget = QTableWidget(0, 0)
-        self.table_widget.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table_widget.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table_widget.verticalHeader().setVisible(False)
+        # a lazy model: cells are formatted when shown, not one item per cell per refresh
+        self.table_model = SliceTableModel()
+        self.table_view = view = QTableView()
+        view.setModel(self.table_model)
+        view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        view.verticalHeader().setVisible(False)
         # at least TABLE_ROWS rows visible; the splitter below the box makes it taller
-        rows_px = TABLE_ROWS * self.table_widget.verticalHeader().defaultSectionSize()
-        self.table_widget.setMinimumHeight(rows_px + 30)
-        self.table_widget.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        rows_px = TABLE_ROWS * view.verticalHeader().defaultSectionSize()
+        view.setMinimumHeight(rows_px + 30)
+        view.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
         # every column visible: no horizontal scrollbar, the Flags column takes the rest
-        self.table_widget.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-        self.table_widget.setWordWrap(False)
-        self.table_widget.cellClicked.connect(lambda r, c: self._on_row_clicked(r))
+        view.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        view.setWordWrap(False)
+        header = view.horizontalHeader()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        view.clicked.connect(lambda index: self._on_row_clicked(index.row()))
         # arrow keys (and any other way the current row moves) move the viewer too
-        self.table_widget.currentCellChanged.connect(
-            lambda r, c, pr, pc: self._on_row_clicked(r) if r >= 0 and r != pr else None
+        view.selectionModel().currentRowChanged.connect(
+            lambda cur, prev: (
+                self._on_row_clicked(cur.row())
+                if cur.isValid() and cur.row() != prev.row()
+                else None
+            )
         )
-        lay.addWidget(self.table_widget)
+        lay.addWidget(view)
         row = QHBoxLayout()
         self.review_button = QPushButton("Mark selected reviewed")
         self.review_button.clicked.connect(lambda: self.mark_reviewed(self._selected_slices()))

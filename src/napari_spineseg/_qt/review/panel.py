@@ -6,20 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import Qt
-from qtpy.QtGui import QColor
-from qtpy.QtWidgets import QHeaderView, QTableWidgetItem
+from qtpy.QtWidgets import QHeaderView
 
 from ...correction.review import LayerReview
 from ...errors import SpinesegError
-
-FLAG_LABELS = {
-    "empty": "gap",
-    "lesion_outside_cord": "lesion outside cord",
-    "extra_components": "extra components",
-    "area_jump": "area jump",
-    "low_confidence": "low confidence",
-}
 
 
 def unwrap(obj: Any) -> Any:
@@ -89,7 +79,7 @@ class ReviewPanel:
             self.summary_label.setText("No segmentation yet: run the Segment widget.")
             self.edits_label.setText("No edits.")
             self.sparkline.set_data(np.zeros(0), np.zeros(0, bool), None)
-            self.table_widget.setRowCount(0)
+            self.table_model.set_table(None)
             return
         summ = state.summary()
         lines = []
@@ -137,63 +127,26 @@ class ReviewPanel:
 
     def _fill_table(self) -> None:
         state = self.state
-        if state is None:
-            return
-        t = state.table
-        order = t.order(
-            self.sort_combo.currentData() or "severity", only_flagged=self.only_flagged.isChecked()
+        self.table_model.set_table(
+            None if state is None else state.table,
+            self.sort_combo.currentData() or "severity",
+            self.only_flagged.isChecked(),
         )
-        rows = t.rows(order)
-        names = [t.classes[v] for v in t.classes]
-        headers = ["Slice", "Flags", "Conf."] + [f"{n} mm²" for n in names] + ["Comp.", "Reviewed"]
-        tw = self.table_widget
-        tw.setUpdatesEnabled(False)
-        header = tw.horizontalHeader()
-        # no per-item column measuring while filling (ResizeToContents re-measures on
-        # every setItem): fixed while filling, fitted once at the end
-        header.setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
-        tw.clear()
-        tw.setColumnCount(len(headers))
-        tw.setHorizontalHeaderLabels(headers)
-        tw.setRowCount(len(rows))
-        flagged_color = QColor(255, 140, 120)
-        for r, row in enumerate(rows):
-            conf = row["confidence"]
-            cells = [
-                str(row["slice"]),
-                ", ".join(FLAG_LABELS.get(f, f) for f in row["flags"]) or "–",
-                "–" if np.isnan(conf) else f"{conf:.2f}",
-                *[f"{row['area'][n]:.1f}" for n in names],
-                str(sum(row["components"].values())),
-                "yes" if row["reviewed"] else "",
-            ]
-            for c, text in enumerate(cells):
-                item = QTableWidgetItem(text)
-                item.setData(Qt.ItemDataRole.UserRole, row["slice"])
-                if row["flags"] and not row["reviewed"]:
-                    item.setForeground(flagged_color)
-                tw.setItem(r, c, item)
-        header.setStretchLastSection(False)
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # Flags: the rest
-        tw.setUpdatesEnabled(True)
+        header = self.table_view.horizontalHeader()
+        if self.table_model.columnCount() > 1:
+            header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)  # Flags: the rest
 
     def table_slices(self) -> list[int]:
         """The slices in the table, top to bottom (as shown)."""
-        out = []
-        for r in range(self.table_widget.rowCount()):
-            item = self.table_widget.item(r, 0)
-            out.append(int(item.data(Qt.ItemDataRole.UserRole)))
-        return out
+        return self.table_model.slices()
 
     def _selected_slices(self) -> list[int]:
-        rows = sorted({i.row() for i in self.table_widget.selectedIndexes()})
-        return [int(self.table_widget.item(r, 0).data(Qt.ItemDataRole.UserRole)) for r in rows]
+        rows = self.table_view.selectionModel().selectedRows()
+        return [self.table_model.slice_at(i.row()) for i in sorted(rows, key=lambda i: i.row())]
 
     def _on_row_clicked(self, row: int) -> None:
-        item = self.table_widget.item(row, 0)
-        if item is not None:
-            self.go_to_slice(int(item.data(Qt.ItemDataRole.UserRole)))
+        if 0 <= row < self.table_model.rowCount():
+            self.go_to_slice(self.table_model.slice_at(row))
 
     def _on_class(self) -> None:
         state = self.state
