@@ -66,6 +66,7 @@ def measure(viewer: Any, repeat: int = 1) -> dict[str, Any]:
     """Hand a prepared result to the widgets ``repeat`` times; the heartbeat's gaps."""
     from qtpy.QtWidgets import QApplication
 
+    from napari_spineseg._qt.segment_widget import build_layers
     from napari_spineseg._qt.session import open_image
     from napari_spineseg._qt.workers import StallMeter
     from napari_spineseg.options import RunOptions
@@ -81,7 +82,8 @@ def measure(viewer: Any, repeat: int = 1) -> dict[str, Any]:
     run = RunOptions(task="lesion_sci_t2", device="cpu")
     gaps: list[float] = []
     for _ in range(repeat):
-        value = stand_in_result(image, run)  # (the worker's work, not timed)
+        # the worker's work, not timed: layer data, then the layers built on the worker
+        value = build_layers(stand_in_result(image, run))
         for _ in range(20):
             QApplication.processEvents()
         meter = StallMeter(10).start()
