@@ -65,7 +65,7 @@ class RemoveSmall:
                 f"remove_small: expected sizes such as '10vox' or '5mm3' (one, a string or "
                 f"a list), got a {type(value).__name__}"
             )
-        tokens = []
+        written: list[str] = []
         for item in value:
             if isinstance(item, bool) or not isinstance(item, MinSize | int | float | str):
                 raise SpinesegError(
@@ -73,8 +73,8 @@ class RemoveSmall:
                 )
             if not isinstance(item, str | MinSize):
                 item = MinSize(float(item))  # a number: voxels, written with its unit
-            tokens.append(str(item))
-        tokens = tuple(tokens)
+            written.append(str(item))
+        tokens = tuple(written)
         if not tokens:
             return None
         try:
@@ -161,7 +161,7 @@ class RunOptions:
         """A copy with the task's SCT defaults filled in where an option is None
         (``threshold``, ``largest``, ``fill_holes``): what a run of ``spec`` uses, and what
         its provenance records. ``remove_small`` stays as given: its default and its
-        reading depend on the engine (``Engine.min_sizes``)."""
+        reading depend on the engine (``Engine.min_sizes_for``)."""
         d = spec.postprocess
         return replace(
             self,
