@@ -17,6 +17,7 @@ from napari_spineseg.errors import (
     UntrustedModelError,
 )
 from napari_spineseg.models import store
+from napari_spineseg.options import RunOptions
 from napari_spineseg.phantom import cord_phantom
 from napari_spineseg.progress import CancelToken
 
@@ -55,7 +56,7 @@ def test_fake_engine_split_regions_and_multilabel():
         groups={"labels": {"sc": (1, 2), "lesion": (2,)}},
     )
     spec = catalog.get_task("lesion_sci_t2")
-    outs, _ = segmentation.split_outputs(spec, pred, (1, 1, 1), segmentation.Settings())
+    outs, _ = segmentation.split_outputs(spec, pred, (1, 1, 1), RunOptions())
     assert (outs["_sc_seg"].labels == np.isin(lab, [1, 2])).all()
     assert (outs["_lesion_seg"].labels == (lab == 2)).all()
     assert outs["_sc_seg"].labels.dtype == np.uint8 and outs["_sc_seg"].classes == {1: "sc"}
@@ -64,18 +65,18 @@ def test_fake_engine_split_regions_and_multilabel():
         classes={"sc": {1: "spinal cord"}, "gm": {1: "grey matter"}},
     )
     outs, _ = segmentation.split_outputs(
-        catalog.get_task("gm_sc_7t_t2star"), per_class, (1, 1, 1), segmentation.Settings()
+        catalog.get_task("gm_sc_7t_t2star"), per_class, (1, 1, 1), RunOptions()
     )
     assert outs["_7t_multiclass_gm"].labels.sum() == 16
     rootlets = Prediction(maps={"labels": lab * 3}, classes={"labels": {3: "lvl3", 6: "lvl6"}})
     outs, _ = segmentation.split_outputs(
-        catalog.get_task("rootlets"), rootlets, (1, 1, 1), segmentation.Settings()
+        catalog.get_task("rootlets"), rootlets, (1, 1, 1), RunOptions()
     )
     assert set(np.unique(outs["_rootlets"].labels)) == {0, 3, 6}
     assert outs["_rootlets"].classes[3] == "C3 rootlets"
     bad = Prediction(maps={"labels": lab}, classes={"labels": {1: "canal"}})
     with pytest.raises(TaskError, match="no class sc"):
-        segmentation.split_outputs(spec, bad, (1, 1, 1), segmentation.Settings())
+        segmentation.split_outputs(spec, bad, (1, 1, 1), RunOptions())
 
 
 def test_missing_model_error_gives_the_install_command(image):

@@ -23,6 +23,7 @@ from napari_spineseg import api, cli, segmentation
 from napari_spineseg.batch import INSTALL_HINT, default_workers, segment_many
 from napari_spineseg.errors import ModelNotInstalledError, SpinesegError, UntrustedModelError
 from napari_spineseg.models import store
+from napari_spineseg.options import RunOptions
 from napari_spineseg.phantom import cord_phantom
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
@@ -291,6 +292,40 @@ def test_cli_batch_user_errors_exit_1(scans, capsys, no_cluster):
     assert cli.main(["batch", "rootlets", "-i", str(scans[0])]) == 1
     err = capsys.readouterr().err
     assert "spineseg install rootlets" in err and "Traceback" not in err
+
+
+def test_the_run_options_travel_to_the_workers_as_one_object(
+    scans, tmp_path, inproc_scheduler, monkeypatch
+):
+    """Validated once here (keywords over ``options``), sent as is, recorded in the sidecar."""
+    received = []
+    segment = api.segment
+
+    def spy(path, *args, **kwargs):
+        received.append(kwargs["options"])
+        return segment(path, *args, **kwargs)
+
+    monkeypatch.setattr(api, "segment", spy)  # the worker is a thread of this process
+    base = RunOptions(task=TASK, device="cpu", largest=True, remove_small="5vox 5vox")
+    out = tmp_path / "o"
+    items = segment_many(
+        scans[:1], options=base, threshold=0.3, out_dir=out, client=inproc_scheduler
+    )
+    assert items[0].ok, items[0].error
+    assert received == [base.with_(threshold=0.3)]
+    side = json.loads(
+        _outputs_of(scans[0], out)[0].with_suffix("").with_suffix(".json").read_text()
+    )
+    settings = side["GeneratedBy"][0]["Settings"]
+    assert settings["threshold"] == 0.3 and settings["largest"] is True
+    assert settings["remove_small"] == ["5vox", "5vox"] and settings["profile"] == "sct"
+
+
+def test_bad_options_are_refused_before_any_worker_starts(scans, no_cluster):
+    with pytest.raises(SpinesegError, match="threshold must be between 0 and 1, got 2"):
+        segment_many(scans[:1], TASK, threshold=2)
+    with pytest.raises(SpinesegError, match="unknown inference profile 'turbo'"):
+        segment_many(scans[:1], options=RunOptions(task=TASK), profile="turbo")
 
 
 def test_on_a_given_cluster_a_missing_model_is_reported_per_item(scans, inproc_scheduler):

@@ -376,3 +376,23 @@ def test_every_option_has_help_and_the_help_has_examples(command, capsys):
         if line.startswith(f"  spineseg {command} "):
             args = [a for a in line.split() if a.startswith("-") and a != "\\"]
             assert set(args) <= set(helps), line
+
+
+def test_profile_fast_is_said_on_stderr_and_in_the_sidecar(tmp_path, capsys):
+    from napari_spineseg.demo import demo_model_folder
+
+    img, _ = cord_phantom()
+    nib.save(img, tmp_path / "a.nii.gz")
+    argv = ["segment", "--model", str(demo_model_folder()), "--trust", "-device", "cpu"]
+    assert cli.main([*argv, "-i", str(tmp_path / "a.nii.gz"), "-profile", "fast", "-q"]) == 0
+    res = capsys.readouterr()
+    assert (
+        "note: inference profile 'fast': nnU-Net ran fold 0 only (of 0) with tile step 0.75"
+        in (res.err)
+    )
+    side = json.loads((tmp_path / "a_cord_seg.json").read_text())
+    assert side["GeneratedBy"][0]["Settings"]["profile"] == "fast"
+    with pytest.raises(SystemExit) as e:
+        cli.main([*argv, "-i", str(tmp_path / "a.nii.gz"), "-profile", "quick"])
+    assert e.value.code == 2
+    assert "invalid choice: 'quick'" in capsys.readouterr().err

@@ -25,9 +25,10 @@ from napari_spineseg._sample_data import SAMPLE_AXCODES, SAMPLE_ZOOMS
 from napari_spineseg.catalog import custom_task, get_task
 from napari_spineseg.demo import demo_model_folder
 from napari_spineseg.io.writer import GEOMETRY_FIELDS
+from napari_spineseg.options import RunOptions
 from napari_spineseg.phantom import cord_phantom
 from napari_spineseg.study import bids
-from napari_spineseg.study.commands import segment_bids
+from napari_spineseg.study.commands import run_key_settings, segment_bids
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
 
@@ -125,6 +126,26 @@ def test_layout_names_and_entities(tmp_path):
     cli_defaults = {"threshold": None, "largest": None, "test_time_aug": False, "device": "cpu"}
     assert bids.run_key(spec, "abc", cli_defaults) == bids.run_key(spec, "abc", {})
     assert bids.run_key(spec, "abc", {"largest": True})["Settings"] == {"largest": True}
+    # the key from RunOptions is the key derivatives were written with (the dict the
+    # command built from the same flags before RunOptions): they still count as done
+    flags = ["-largest", "1", "-fill-holes", "0", "-remove-small", "10", "5vox", "-thr", "0.3"]
+    args = cli._parser().parse_args(["batch", "lesion_sci_t2", "-i", "ds", *flags])
+    before = {
+        "threshold": 0.3,
+        "largest": True,
+        "fill_holes": False,
+        "remove_small": ["10", "5vox"],
+        "test_time_aug": False,
+        "label_vert": False,
+        "sct_compat": False,
+    }
+    key = bids.run_key(spec, "abc", run_key_settings(cli.run_options_from_args(args)))
+    assert key == bids.run_key(spec, "abc", before)
+    assert key["Settings"] == {"largest": True, "remove_small": ["10", "5vox"], "threshold": 0.3}
+    where = RunOptions(task="lesion_sci_t2", model="/m", trust=True, device="cuda:1")
+    assert bids.run_key(spec, "abc", run_key_settings(where)) == bids.run_key(spec, "abc", {})
+    fast = bids.run_key(spec, "abc", run_key_settings(RunOptions(profile="fast")))
+    assert fast["Settings"] == {"profile": "fast"}  # other masks: not the same run
     names = bids.output_names(get_task("lesion_sci_t2"), "sub-01_T2w.nii.gz")
     assert names == {
         "_sc_seg": "sub-01_T2w_sc_seg.nii.gz",
@@ -190,7 +211,7 @@ def test_rerun_skips_done_images_and_a_new_setting_redoes_them(done, client, tmp
     before[corrected] = corrected.stat().st_mtime_ns
     sidecar.append_generated_by(corrected, {"Name": "Manual", "Author": "R"})
     changed = segment_bids(
-        root, None, model=MODEL, trust=True, client=client, settings={"largest": True}
+        root, None, model=MODEL, trust=True, client=client, options=RunOptions(largest=True)
     )
     assert sorted(changed.done) == sorted(i.relative_to(root).as_posix() for i in images[1:])
     assert changed.skipped == [images[0].relative_to(root).as_posix()]
@@ -210,7 +231,7 @@ def test_rerun_skips_done_images_and_a_new_setting_redoes_them(done, client, tmp
         model=MODEL,
         trust=True,
         client=client,
-        settings={"largest": True},
+        options=RunOptions(largest=True),
         overwrite=True,
     )
     assert len(over.done) == 4

@@ -23,6 +23,7 @@ from napari_spineseg.errors import (
     TaskError,
     UntrustedModelError,
 )
+from napari_spineseg.options import RunOptions
 from napari_spineseg.phantom import cord_phantom
 from napari_spineseg.progress import CancelToken, Reporter
 
@@ -222,6 +223,50 @@ def test_single_fold_and_fold_all(models, tmp_path):
     folder = write_random_model(tmp_path / "all", folds=("all",), seed=10)
     assert NnunetModel.load(folder, device="cpu").folds == ("all",)
     assert NnunetModel.load(folder, folds=("all",), device="cpu").folds == ("all",)
+
+
+def test_fast_profile_is_stock_nnunet_on_the_first_fold_with_step_075(
+    models, tmp_path, monkeypatch
+):
+    """``profile="fast"``: fold 0 only, tile step 0.75; the voxels of stock nnU-Net run so,
+    and the result says so (notes, settings, engine info)."""
+    from napari_spineseg import api, segmentation
+    from napari_spineseg.models import store
+
+    folder = models["3d"]
+    img = phantom()[0]
+    model = NnunetModel.load(folder, RunOptions(device="cpu", profile="fast"))
+    assert model.folds == (0,) and model.tile_step_size == 0.75
+    got = model.predict(img).maps["labels"]
+    pred = stock_predictor(folder, False, folds=[0])
+    pred.tile_step_size = 0.75
+    ref = pred.predict_single_npy_array(
+        np.asanyarray(img.dataobj).transpose(2, 1, 0)[None].astype(np.float32),
+        {"spacing": [float(z) for z in img.header.get_zooms()[::-1]]},
+    )
+    np.testing.assert_array_equal(got, ref.transpose(2, 1, 0))
+    sct = NnunetModel.load(folder, RunOptions(device="cpu"))
+    assert sct.folds == (0, 1) and sct.tile_step_size == 0.5 and sct.notes() == []
+    # explicit keywords (TotalSpineSeg's use) win over the profile
+    assert NnunetModel.load(
+        folder, RunOptions(profile="fast"), folds=(1,), device="cpu"
+    ).folds == (1,)
+
+    monkeypatch.setenv(store.ENV_MODELS_DIR, str(tmp_path / "store"))
+    segmentation.clear_engine_cache()
+    path = tmp_path / "img.nii.gz"
+    nib.save(img, path)
+    res = api.segment(path, model=folder, trust=True, device="cpu", profile="fast")
+    assert res.provenance["settings"]["profile"] == "fast"
+    assert res.provenance["engine"]["folds"] == [0]
+    assert res.provenance["engine"]["tile_step_size"] == 0.75
+    assert res.provenance["notes"] == [
+        "inference profile 'fast': nnU-Net ran fold 0 only (of 0, 1) with tile step 0.75; "
+        "sct_deepseg runs every fold with tile step 0.5, so the masks may differ slightly"
+    ]
+    full = api.segment(path, model=folder, trust=True, device="cpu")  # another cache entry
+    assert full.provenance["engine"]["folds"] == [0, 1] and full.provenance["notes"] == []
+    segmentation.clear_engine_cache()
 
 
 # -------------------------------------------------------------------------- orientation

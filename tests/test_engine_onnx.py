@@ -29,6 +29,7 @@ from napari_spineseg.engines.ivadomed_onnx import (
     normalize_instance,
 )
 from napari_spineseg.errors import Cancelled, ModelNotInstalledError, SpinesegError
+from napari_spineseg.options import RunOptions
 from napari_spineseg.phantom import cord_phantom
 from napari_spineseg.postprocess import MinSize
 from napari_spineseg.progress import CancelToken, Reporter
@@ -219,9 +220,10 @@ def test_remove_small_settings_and_bad_values(model):
         min_sizes_per_class("three", 2)
     with pytest.raises(SpinesegError, match="unit must be 'vox' or 'mm3'"):
         min_sizes_per_class({"unit": "cm3", "thr": 3}, 2)
-    img = nib.Nifti1Image(np.zeros((8, 8, 2), np.float32), np.eye(4))
-    with pytest.raises(SpinesegError, match="threshold"):
-        model.predict(img, Reporter(), threshold=1.5)
+    with pytest.raises(SpinesegError, match="threshold must be between 0 and 1, got 1.5"):
+        RunOptions(threshold=1.5)  # refused when the options are made, before the engine
+    with pytest.raises(SpinesegError, match=r"threshold must be in \[0, 1\]"):
+        model._postprocessing_steps(1.5, None, False, False)  # the engine's own guard
 
 
 def test_normalize_instance_is_ivadomeds_to_the_bit():
@@ -345,7 +347,7 @@ def test_2d_and_single_slice_inputs(model):
 def test_soft_output_with_threshold_zero(model):
     img, _ = cord_phantom(shape=(90, 90, 4), zooms=(0.25, 0.25, 2.0), seed=9, gm=True)
     hard = model.predict(img, Reporter())
-    soft = model.predict(img, Reporter(), threshold=0)
+    soft = model.predict(img, Reporter(), RunOptions(threshold=0))
     p = soft.probabilities["sc"]
     assert soft.info["soft"] and not hard.info["soft"]
     assert ((p > 0) & (p < 1)).any()  # genuinely soft

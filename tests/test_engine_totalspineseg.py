@@ -23,6 +23,7 @@ from napari_spineseg.engines.totalspineseg import (  # noqa: E402
     find_model_folders,
 )
 from napari_spineseg.errors import ModelNotInstalledError, SpinesegError  # noqa: E402
+from napari_spineseg.options import RunOptions
 from napari_spineseg.progress import CancelToken, Reporter  # noqa: E402
 from napari_spineseg.spine_phantom import DISC_LEVELS, DISCS, VERTEBRAE, spine_phantom  # noqa: E402
 
@@ -61,7 +62,7 @@ def phantom_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def step2_prediction(model, phantom_file):
-    return model.predict(nib.load(phantom_file), Reporter(), label_vert=True)
+    return model.predict(nib.load(phantom_file), Reporter(), RunOptions(label_vert=True))
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def step2_prediction_1mm(model):
     # landmark disc on the resampled anisotropic phantom (so does the package's own
     # pipeline: see the fidelity tests), and step 2's labelling needs that landmark.
     img, _ = spine_phantom(axcodes="PSR", seed=7)
-    return model.predict(img, Reporter(), label_vert=True)
+    return model.predict(img, Reporter(), RunOptions(label_vert=True))
 
 
 def _run_package_inference(data_folder: Path, image: Path, out: Path, step1_only: bool):
@@ -160,7 +161,7 @@ def _read(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- fidelity
 @pytest.mark.slow
 def test_step1_equals_the_package_inference(model, data_folder, phantom_file, tmp_path):
-    ours = model.predict(nib.load(phantom_file), Reporter(), label_vert=False)
+    ours = model.predict(nib.load(phantom_file), Reporter(), RunOptions(label_vert=False))
     _run_package_inference(data_folder, phantom_file, tmp_path, step1_only=True)
     name = phantom_file.name
     theirs_all = _read(tmp_path / "step1_output" / name)
@@ -193,7 +194,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 def ras_case(model):
     img, labels = spine_phantom(axcodes="RAS", seed=7)
     truth = np.asanyarray(labels["tss"].dataobj)
-    return img, truth, model.predict(img, Reporter(), label_vert=False)
+    return img, truth, model.predict(img, Reporter(), RunOptions(label_vert=False))
 
 
 @pytest.mark.slow
@@ -249,7 +250,7 @@ def test_same_labels_in_world_space_for_psr_and_ras(model, ras_case):
 
     ras_img, _, ras_pred = ras_case
     psr_img, _ = spine_phantom(axcodes="PSR", seed=7)
-    psr_pred = model.predict(psr_img, Reporter(), label_vert=False)
+    psr_pred = model.predict(psr_img, Reporter(), RunOptions(label_vert=False))
     to_ras = nio.ornt_transform(nio.io_orientation(psr_img.affine), nio.axcodes2ornt("RAS"))
     for key in ("all", "discs"):
         back = nio.apply_orientation(psr_pred.maps[key], to_ras)
@@ -275,7 +276,7 @@ def test_cancel_stops_before_any_work(model, phantom_file):
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):
-        model.predict(nib.load(phantom_file), Reporter(cancel=token), label_vert=True)
+        model.predict(nib.load(phantom_file), Reporter(cancel=token), RunOptions(label_vert=True))
 
 
 def test_missing_package_says_how_to_install(monkeypatch):

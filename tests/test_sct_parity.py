@@ -22,9 +22,10 @@ from scipy import ndimage
 from napari_spineseg import api, catalog, segmentation
 from napari_spineseg import postprocess as pp
 from napari_spineseg.engines import _nnunet_orientation as orient
+from napari_spineseg.engines import engine_class
 from napari_spineseg.engines.base import Prediction
 from napari_spineseg.errors import SpinesegError
-from napari_spineseg.segmentation import Settings
+from napari_spineseg.options import RunOptions
 
 ROOTLETS = catalog.get_task("rootlets")
 SPINE = catalog.get_task("spine")
@@ -179,11 +180,16 @@ def rootlets_prediction(lab: np.ndarray) -> Prediction:
     return Prediction(maps={"labels": lab}, classes={"labels": names})
 
 
-def _split(spec, pred, zooms=(1.0, 1.0, 1.0), **settings):
-    tokens = settings.pop("remove_small", None)
-    s = Settings(remove_small=tuple(tokens) if tokens else None, **settings).resolved(spec)
-    outs, _steps = segmentation.split_outputs(spec, pred, zooms, s)
+def _split(spec, pred, zooms=(1.0, 1.0, 1.0), **options):
+    opts = RunOptions(**options).resolved(spec)
+    outs, _steps = segmentation.split_outputs(spec, pred, zooms, opts)
     return outs
+
+
+def _min_sizes(spec, tokens, **options):
+    """The task's -remove-small reading, as a run does it (the engine class's hook)."""
+    opts = RunOptions(remove_small=tokens, **options)
+    return engine_class(spec.backend).min_sizes_for(spec, opts)
 
 
 @pytest.mark.parametrize(
@@ -272,6 +278,10 @@ def test_thr_binarises_nnunet_labels_strictly_above(thr):
     out = _split(ROOTLETS, rootlets_prediction(lab), sct_compat=True, threshold=thr)
     np.testing.assert_array_equal(out["_rootlets"].labels, (lab > thr).astype(np.uint8))
     assert out["_rootlets"].classes == {1: f"rootlets by spinal level > {thr:g}"}
+    if thr > 1:  # only sct_compat takes it: SCT does, and RunOptions refuses it otherwise
+        with pytest.raises(SpinesegError, match="threshold must be between 0 and 1"):
+            RunOptions(threshold=thr)
+        return
     default = _split(ROOTLETS, rootlets_prediction(lab), threshold=thr)["_rootlets"]
     np.testing.assert_array_equal(default.labels, lab)  # ignored (a note says so)
 
@@ -352,16 +362,16 @@ def test_remove_small_tokens_nnunet(tokens):
             for suffix, values in (("_sc_seg", (1, 2)), ("_lesion_seg", (2,))):
                 expected = sct_postprocess(np.isin(lab, values), zooms, remove_small=tokens)
                 np.testing.assert_array_equal(outs[suffix].labels, expected.astype(np.uint8))
-        sizes, notes = Settings(remove_small=tuple(tokens)).min_sizes(SCI)
+        sizes, notes = _min_sizes(SCI, tokens)
         assert notes == [] and len(sizes) == 2
         return
     with pytest.raises(SpinesegError, match="sct_deepseg refuses this"):
         _split(SCI, pred, zooms, remove_small=tokens, sct_compat=True)
     if len(tokens) > 2:
         with pytest.raises(SpinesegError, match="one value for all or one per output file"):
-            Settings(remove_small=tuple(tokens)).min_sizes(SCI)
+            _min_sizes(SCI, tokens)
         return
-    sizes, notes = Settings(remove_small=tuple(tokens)).min_sizes(SCI)
+    sizes, notes = _min_sizes(SCI, tokens)
     assert len(notes) == 1 and "sct_deepseg refuses it" in notes[0]
     friendly = pp.parse_remove_small(tokens)
     assert sizes == (friendly * 2 if len(friendly) == 1 else friendly)
@@ -450,20 +460,20 @@ def test_remove_small_tokens_7t(model_7t, tokens):
     probs = _probs_7t()
     pixdim = (0.5, 0.5, 2.0)
     expected = _ivadomed_outcome(tokens, probs, model_7t.postprocessing, pixdim)
+    try:
+        friendly = pp.parse_remove_small(tokens)
+    except SpinesegError:
+        friendly = None
     for compat in (False, True):
-        settings = Settings(remove_small=tuple(tokens), sct_compat=compat)
+        if expected is None and friendly is None:  # neither SCT nor our reading takes it:
+            with pytest.raises(SpinesegError, match="cannot read"):  # refused when made
+                RunOptions(remove_small=tokens, sct_compat=compat)
+            continue
         if expected is None and compat:
             with pytest.raises(SpinesegError, match="sct_deepseg refuses this"):
-                settings.min_sizes(GM_SC_7T)
+                _min_sizes(GM_SC_7T, tokens, sct_compat=compat)
             continue
-        if expected is None:
-            try:
-                friendly = pp.parse_remove_small(tokens)
-            except SpinesegError:  # neither SCT nor our reading accepts it
-                with pytest.raises(SpinesegError, match="cannot read"):
-                    settings.min_sizes(GM_SC_7T)
-                continue
-        sizes, notes = settings.min_sizes(GM_SC_7T)
+        sizes, notes = _min_sizes(GM_SC_7T, tokens, sct_compat=compat)
         steps, _soft = model_7t._postprocessing_steps(None, sizes, False, False)
         out = model_7t._apply_postprocessing(probs, steps, pixdim)
         if expected is not None:
@@ -479,7 +489,7 @@ def test_7t_catalog_default_is_an_sct_command_line_for_the_json_default(model_7t
     """The widget shows the task default; run as is it must be SCT's, without a note."""
     tokens = list(GM_SC_7T.postprocess.remove_small)
     probs = _probs_7t()
-    sizes, notes = Settings(remove_small=tuple(tokens), sct_compat=True).min_sizes(GM_SC_7T)
+    sizes, notes = _min_sizes(GM_SC_7T, tokens, sct_compat=True)
     assert notes == []
     steps, _ = model_7t._postprocessing_steps(None, sizes, False, False)
     expected = _ivadomed_outcome(tokens, probs, model_7t.postprocessing, (1, 1, 1))
@@ -543,7 +553,7 @@ def test_7t_thr_zero(model_7t):
     steps, soft = model_7t._postprocessing_steps(0.0, None, False, False)
     assert soft and "binarize_prediction" not in dict(steps)  # default: soft maps
     img, _ = cord_phantom(shape=(64, 64, 4), zooms=(0.25, 0.25, 2.0), seed=3, gm=True)
-    pred = model_7t.predict(img, Reporter(), threshold=0, sct_compat=True)
+    pred = model_7t.predict(img, Reporter(), RunOptions(threshold=0, sct_compat=True))
     assert all(m.all() for m in pred.maps.values())
 
 
@@ -600,7 +610,7 @@ def test_engine_orientation_for_catalog_and_custom_models(
     custom = catalog.custom_task(folder)
     segmentation.clear_engine_cache()
     for spec in (custom, SCI):  # a lab's model, and a newer model for the SCI task
-        engine = segmentation.load_engine(spec, folder, Settings(device="cpu"))
+        engine = segmentation.load_engine(spec, folder, RunOptions(device="cpu"))
         assert engine.orientation == nibabel, spec.id
         segmentation.clear_engine_cache()
 

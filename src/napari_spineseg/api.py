@@ -11,7 +11,6 @@ napari, Qt or torch at import time.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import catalog
 from .catalog import TaskSpec
-from .errors import SaveRefusedError, SpinesegError, TaskError
-from .postprocess import MinSize, split_tokens
+from .errors import SaveRefusedError, TaskError
+from .options import RunOptions, run_options
 from .progress import CancelToken, ProgressCallback, Reporter
-from .segmentation import LabelOutput, SegmentationResult, Settings
+from .segmentation import LabelOutput, SegmentationResult
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
@@ -32,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "LabelOutput",
+    "RunOptions",
     "SegmentationResult",
     "install",
     "load",
@@ -88,22 +88,15 @@ def _as_volume(image_or_path) -> Volume:
     )
 
 
-def _min_sizes(remove_small) -> tuple[str, ...] | None:
-    """``-remove-small`` tokens: a list as given (SCT reads the tokens themselves), a string
-    split on spaces/commas, a number or ``MinSize`` written with its unit."""
-    if remove_small is None:
-        return None
-    if isinstance(remove_small, MinSize | int | float) and not isinstance(remove_small, bool):
-        remove_small = [remove_small]
-    if isinstance(remove_small, str):
-        return tuple(split_tokens(remove_small))
-    return tuple(str(MinSize(m) if isinstance(m, int | float) else m) for m in remove_small)
+def _resolve_model(options: RunOptions, report: Reporter, spec: TaskSpec | None = None):
+    """(spec, model folder, model URL, model sha256) for a catalog task or a custom model.
 
-
-def _resolve_model(task, model, trust: bool, report: Reporter):
-    """(spec, model folder, model URL, model sha256) for a catalog task or a custom model."""
+    ``spec``: a task given as a :class:`TaskSpec` rather than by name (``options.task``).
+    """
     from .models import store
 
+    task = spec if spec is not None else options.task
+    model, trust = options.model, options.trust
     if model is not None:
         folder = store.prepare_custom(model, trust=trust, report=report.sub(0.0, 0.02))
         custom = catalog.custom_task(folder)
@@ -147,20 +140,27 @@ def segment(
     image_or_path: str | os.PathLike | Volume | nib.Nifti1Image,
     task: str | TaskSpec | None = None,
     model: str | os.PathLike | None = None,
-    device: str = "auto",
+    device: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-    trust: bool = False,
+    trust: bool | None = None,
     threshold: float | None = None,
     largest: bool | None = None,
     fill_holes: bool | None = None,
     remove_small: str | Sequence[str] | int | None = None,
-    test_time_aug: bool = False,
+    test_time_aug: bool | None = None,
     return_probabilities: bool = True,
-    label_vert: bool = False,
-    sct_compat: bool = False,
+    label_vert: bool | None = None,
+    sct_compat: bool | None = None,
+    *,
+    profile: str | None = None,
+    options: RunOptions | None = None,
 ) -> SegmentationResult:
     """Segment an image with a task's model; nothing is written (see :func:`save`).
+
+    The run is described by one :class:`~napari_spineseg.options.RunOptions`: pass it
+    as ``options=`` (what the widgets, the CLI and the batch do), or use the keywords,
+    which override ``options`` where given (None = not given):
 
     ``task``: a catalog task id or SCT alias; ``model``: an nnU-Net v2 folder or zip of
     your own (needs ``trust=True``: checkpoints are pickles). ``threshold``, ``largest``,
@@ -169,41 +169,45 @@ def segment(
     ``-fill-holes``, ``-remove-small``, ``-test-time-aug`` (``-label-vert``);
     None keeps the task's SCT default. ``sct_compat``: where our defaults differ from
     ``sct_deepseg`` (multi-label files, ``-thr`` on nnU-Net tasks, ``-thr 0`` on 7T,
-    ``-remove-small`` values SCT refuses), do what SCT does (docs/tasks.md).
+    ``-remove-small`` values SCT refuses), do what SCT does (docs/tasks.md). ``device``:
+    ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``, ``mps``. ``profile``: ``sct``
+    (default, as ``sct_deepseg``) or ``fast`` (nnU-Net: first fold only, tile step 0.75;
+    said in the result's notes; the other engines ignore it). Invalid options raise
+    :class:`~napari_spineseg.errors.SpinesegError` before anything loads.
     ``progress`` receives :class:`~napari_spineseg.progress.Progress`; ``cancel`` aborts
     at the next report (raises :class:`~napari_spineseg.errors.Cancelled`).
 
-    Returns masks in the *file voxel order* of the input, one per SCT output file.
+    Returns masks in the *file voxel order* of the input, one per SCT output file; the
+    options used (task defaults filled in) are in ``provenance["settings"]``.
     """
     from .segmentation import run
 
-    report = Reporter(progress, cancel)
-    report.check()
-    spec, folder, url, sha = _resolve_model(task, model, trust, report)
-    volume = _as_volume(image_or_path)
-    if threshold is not None and not (
-        0 <= float(threshold) <= 1 or (sct_compat and math.isfinite(float(threshold)))
-    ):
-        raise SpinesegError(
-            f"threshold must be between 0 and 1, got {threshold} (with sct_compat, any "
-            "finite number, as sct_deepseg takes)"
-        )
-    settings = Settings(
-        threshold=None if threshold is None else float(threshold),
+    spec = task if isinstance(task, TaskSpec) else None
+    opts = run_options(
+        options,
+        task=spec.id if spec is not None else task,
+        model=model,
+        trust=trust,
+        device=device,
+        threshold=threshold,
         largest=largest,
         fill_holes=fill_holes,
-        remove_small=_min_sizes(remove_small),
-        test_time_aug=bool(test_time_aug),
-        device=device or "auto",
-        label_vert=bool(label_vert),
-        sct_compat=bool(sct_compat),
+        remove_small=remove_small,
+        test_time_aug=test_time_aug,
+        label_vert=label_vert,
+        sct_compat=sct_compat,
+        profile=profile,
     )
+    report = Reporter(progress, cancel)
+    report.check()
+    spec, folder, url, sha = _resolve_model(opts, report, spec)
+    volume = _as_volume(image_or_path)
     return run(
         spec,
         volume,
         folder,
-        settings,
-        report.sub(0.02, 1.0) if model is not None else report,
+        opts,
+        report.sub(0.02, 1.0) if opts.model is not None else report,
         return_probabilities=return_probabilities,
         model_url=url,
         model_sha256=sha,

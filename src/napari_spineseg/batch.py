@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from .catalog import TaskSpec
 from .errors import Cancelled, SpinesegError
+from .options import RunOptions, run_options
 from .progress import CancelToken, Progress, ProgressCallback
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,21 +100,20 @@ def default_workers(threads_per_worker: int = 1) -> int:
 
 def _segment_one(
     path: str,
-    task: str | TaskSpec | None,
+    options: RunOptions,
+    spec: TaskSpec | None,
     out_dir: str | None,
-    model: str | None,
-    trust: bool,
-    device: str,
     threads: int,
     client_pid: int,
-    options: dict[str, Any],
     entry_extra: dict[str, Any] | None = None,
     sidecar_extra: dict[str, Any] | None = None,
 ) -> BatchItem:
     """Runs on a worker: api.segment + api.save on one file; never raises.
 
-    ``entry_extra`` is merged into each output's GeneratedBy entry and ``sidecar_extra``
-    into its sidecar's top level (e.g. BIDS ``Sources``), after the mask is written.
+    ``options`` travel as the object (it pickles); ``spec`` is the task when it was given
+    as a :class:`TaskSpec` rather than by name. ``entry_extra`` is merged into each
+    output's GeneratedBy entry and ``sidecar_extra`` into its sidecar's top level (e.g.
+    BIDS ``Sources``), after the mask is written.
     """
     from . import api, sidecar
 
@@ -130,15 +130,7 @@ def _segment_one(
         pass
     t0 = time.perf_counter()
     try:
-        result = api.segment(
-            path,
-            task=task,
-            model=model,
-            device=device,
-            trust=trust,
-            return_probabilities=False,
-            **options,
-        )
+        result = api.segment(path, task=spec, options=options, return_probabilities=False)
         result.sidecar_extra.update(entry_extra or {})
         written = api.save(result, out_dir)
         for p in written if sidecar_extra else ():
@@ -175,7 +167,7 @@ def _check_names(paths: list[Path], out_dirs: Path | None | list[Path | None]) -
         seen[target] = p
 
 
-def _precheck(task, model, trust: bool) -> None:
+def _precheck(options: RunOptions, spec: TaskSpec | None) -> None:
     """Fail once, before starting workers, when the task or model cannot run at all.
 
     A custom model zip is also extracted here, once, so that the workers find it in the
@@ -184,10 +176,11 @@ def _precheck(task, model, trust: bool) -> None:
     from . import catalog
     from .models import store
 
-    if task is None and model is None:
+    task = spec if spec is not None else options.task
+    if task is None and options.model is None:
         raise SpinesegError("batch: give a task (see `spineseg tasks`) or model=<folder>")
-    if model is not None:
-        store.prepare_custom(model, trust=trust)  # raises when untrusted or not a model
+    if options.model is not None:
+        store.prepare_custom(options.model, trust=options.trust)  # untrusted, not a model
         if task is not None:
             catalog.get_task(task)
         return
@@ -200,8 +193,8 @@ def segment_many(
     *,
     out_dir: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     model: str | os.PathLike | None = None,
-    trust: bool = False,
-    device: str = "cpu",
+    trust: bool | None = None,
+    device: str | None = None,
     client: Client | str | None = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
@@ -209,9 +202,11 @@ def segment_many(
     largest: bool | None = None,
     fill_holes: bool | None = None,
     remove_small: str | Sequence[str] | int | None = None,
-    test_time_aug: bool = False,
-    label_vert: bool = False,
-    sct_compat: bool = False,
+    test_time_aug: bool | None = None,
+    label_vert: bool | None = None,
+    sct_compat: bool | None = None,
+    profile: str | None = None,
+    options: RunOptions | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     entry_extra: Sequence[dict[str, Any]] | None = None,
@@ -226,17 +221,22 @@ def segment_many(
     input (a BIDS-derivatives layout, :mod:`napari_spineseg.study.bids`), and
     ``entry_extra``/``sidecar_extra`` one dict per input for its sidecars.
 
+    The run is one :class:`~napari_spineseg.options.RunOptions`, validated here and sent
+    to every worker as is: ``options``, with the keywords ``task``, ``model``, ``trust``,
+    ``device`` and ``threshold`` ... ``profile`` (as :func:`api.segment`) overriding it
+    where given. ``device`` defaults to ``cpu`` when neither names one: every worker
+    process would load its own copy of the model on the one GPU.
+
     ``client``: a ``distributed.Client`` or a scheduler address (``"tcp://host:8786"``);
     when None, a ``LocalCluster`` of ``n_workers`` processes (default: cores //
     ``threads_per_worker``, at most one per file) is started and closed here
     (:func:`local_cluster`: a file whose worker process dies is run once more, then
     reported failed; the other files are not affected).
     ``threads_per_worker``: CPU threads of each worker's inference (one file at a time per
-    worker). ``threshold`` ... ``sct_compat``: as :func:`api.segment`. ``progress`` gets a
-    :class:`~napari_spineseg.progress.Progress` each time a file finishes (first, with
-    ``step=0``, the dask dashboard address when the scheduler has one); ``cancel`` stops
-    the batch between files (files already written stay; raises
-    :class:`~napari_spineseg.errors.Cancelled`).
+    worker). ``progress`` gets a :class:`~napari_spineseg.progress.Progress` each time a
+    file finishes (first, with ``step=0``, the dask dashboard address when the scheduler
+    has one); ``cancel`` stops the batch between files (files already written stay;
+    raises :class:`~napari_spineseg.errors.Cancelled`).
 
     Without ``client``, the task is checked in this process before workers start
     (installed model, trusted custom model), so a batch that cannot run fails once, not
@@ -244,6 +244,26 @@ def segment_many(
     folder and a model store with the model (``SPINESEG_MODELS_DIR``); a problem there is
     reported on every item.
     """
+    spec = task if isinstance(task, TaskSpec) else None
+    if device is None and options is None:
+        device = "cpu"
+    opts = run_options(
+        options,
+        task=spec.id if spec is not None else task,
+        model=model,
+        trust=trust,
+        device=device,
+        threshold=threshold,
+        largest=largest,
+        fill_holes=fill_holes,
+        remove_small=remove_small,
+        test_time_aug=test_time_aug,
+        label_vert=label_vert,
+        sct_compat=sct_compat,
+        profile=profile,
+    )
+    if opts.model is not None:  # the workers may run in another folder
+        opts = opts.with_(model=str(Path(opts.model).expanduser().absolute()))
     files = [Path(p).expanduser().absolute() for p in paths]
     if not files:
         raise SpinesegError("batch: no input files given")
@@ -261,22 +281,11 @@ def segment_many(
         if out.exists() and not out.is_dir():
             raise SpinesegError(f"out_dir {out} exists and is not a folder")
     _check_names(files, outs)
-    model_path = str(Path(model).expanduser().absolute()) if model is not None else None
     if client is None:  # a cluster of your own may see another model store: its workers say
-        _precheck(task, model_path, trust)
+        _precheck(opts, spec)
     distributed = _distributed()
     for out in set(outs) - {None}:
         out.mkdir(parents=True, exist_ok=True)
-    options = {
-        "threshold": threshold,
-        "largest": largest,
-        "fill_holes": fill_holes,
-        "remove_small": remove_small,
-        "test_time_aug": bool(test_time_aug),
-        "label_vert": bool(label_vert),
-        "sct_compat": bool(sct_compat),
-    }
-    args = (task, model_path, bool(trust), device, threads)
     per_file = [
         (
             str(o) if o else None,
@@ -301,9 +310,8 @@ def segment_many(
         # takes down only the file it was running, not files queued behind it (the
         # scheduler counts a death against every task assigned to that worker).
         in_flight = sum(client.nthreads().values()) if own_cluster is not None else None
-        return _run(
-            distributed, client, files, args, per_file, options, progress, cancel, in_flight
-        )
+        run = (opts, spec, threads)
+        return _run(distributed, client, files, run, per_file, progress, cancel, in_flight)
     finally:
         if own_client is not None:
             own_client.close()
@@ -368,24 +376,21 @@ def _worker_died_message(client) -> str:
 
 
 def _run(
-    distributed, client, files, args, per_file, options, progress, cancel, in_flight
+    distributed, client, files, run, per_file, progress, cancel, in_flight
 ) -> list[BatchItem]:
     token = uuid.uuid4().hex[:8]
-    task, model_path, trust, device, threads = args
+    options, spec, threads = run
 
     def submit(i: int):
         p = files[i]
         return client.submit(
             _segment_one,
             str(p),
-            task,
+            options,
+            spec,
             per_file[i][0],
-            model_path,
-            trust,
-            device,
             threads,
             os.getpid(),
-            options,
             per_file[i][1],
             per_file[i][2],
             key=f"spineseg-{token}-{i}-{p.name}",

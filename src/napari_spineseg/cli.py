@@ -4,7 +4,8 @@
     spineseg install TASK [--from PATH] [--trust]
     spineseg models {list,verify,remove} [TASK]
     spineseg segment TASK -i IMG [-o OUT] [-thr F] [-largest {0,1}] [-fill-holes {0,1}]
-                     [-remove-small N[vox|mm3] ...] [-test-time-aug] [-device D]
+                     [-remove-small N[vox|mm3] ...] [-test-time-aug] [-profile P]
+                     [-device D]
                      [--model FOLDER_OR_ZIP --trust]
     spineseg batch TASK -i IMG [IMG ...] [-o OUTDIR] [--workers N] [--threads N]
                    [--scheduler ADDRESS] [SCT flags as segment] [--model FOLDER_OR_ZIP --trust]
@@ -29,10 +30,14 @@ import time
 import traceback
 import warnings
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import Cancelled, GeometryWarning, SpinesegError
 from .progress import Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .options import RunOptions
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 # The user guide: help text points here, never to files of the source tree (a wheel has none).
@@ -328,6 +333,8 @@ def _add_debug(p: argparse.ArgumentParser, default: object) -> None:
 
 def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
     """sct_deepseg's post-processing/inference flags, shared by segment and batch."""
+    from .options import PROFILES
+
     p.add_argument(
         "-thr",
         dest="threshold",
@@ -392,6 +399,16 @@ def _add_sct_flags(p: argparse.ArgumentParser, device: str) -> None:
         default=0,
         help="spine (TotalSpineSeg) only: 1 also runs step 2, which labels every vertebra "
         "and disc individually (default 0: step 1 only)",
+    )
+    p.add_argument(
+        "-profile",
+        dest="profile",
+        choices=list(PROFILES),
+        default="sct",
+        help="inference profile: sct (default) runs the model as sct_deepseg does; fast "
+        "runs nnU-Net's first fold only with less tile overlap (step 0.75), for a quicker "
+        "first look that may differ slightly from SCT's masks (said in the notes and the "
+        "sidecar). The 7T and spine tasks ignore it",
     )
     p.add_argument(
         "-device",
@@ -514,29 +531,11 @@ def _cmd_segment(args, out, bar) -> int:
 
         catalog.get_task(args.task)
     _check_inputs(args.input)
-    if args.remove_small:  # the values as a whole (one unit for all), before any model loads
-        from .postprocess import parse_remove_small
-
-        parse_remove_small(args.remove_small)
+    options = run_options_from_args(args)  # e.g. -remove-small as a whole, before any model
     progress = None if args.quiet else bar
     for img in args.input:
         t0 = time.perf_counter()
-        result = api.segment(
-            img,
-            task=args.task,
-            model=args.model,
-            device=args.device,
-            progress=progress,
-            trust=args.trust,
-            threshold=args.threshold,
-            largest=None if args.largest is None else bool(args.largest),
-            fill_holes=None if args.fill_holes is None else bool(args.fill_holes),
-            remove_small=args.remove_small,
-            test_time_aug=args.tta,
-            return_probabilities=False,
-            label_vert=bool(args.label_vert),
-            sct_compat=args.sct_compat,
-        )
+        result = api.segment(img, options=options, progress=progress, return_probabilities=False)
         bar.done()
         for note in result.provenance.get("notes", []):
             sys.stderr.write(f"note: {note}\n")
@@ -557,6 +556,27 @@ def _check_inputs(paths: Sequence[str]) -> None:
         sniff(path)  # header bytes only: NiftiError naming the file and the fix
 
 
+def run_options_from_args(args: argparse.Namespace) -> RunOptions:
+    """The one :class:`~napari_spineseg.options.RunOptions` of a ``segment`` or ``batch``
+    command line (sct_deepseg's flags), validated before any file or model is read."""
+    from .options import RunOptions
+
+    return RunOptions(
+        task=args.task,
+        model=args.model,
+        trust=args.trust,
+        device=args.device,
+        threshold=args.threshold,
+        largest=None if args.largest is None else bool(args.largest),
+        fill_holes=None if args.fill_holes is None else bool(args.fill_holes),
+        remove_small=args.remove_small,
+        test_time_aug=args.tta,
+        label_vert=bool(args.label_vert),
+        sct_compat=args.sct_compat,
+        profile=args.profile,
+    )
+
+
 def _cmd_batch(args, out) -> int:
     from .batch import segment_many, summary
     from .study.commands import terminal_progress
@@ -566,21 +586,11 @@ def _cmd_batch(args, out) -> int:
 
     items = segment_many(
         args.input,
-        args.task,
         out_dir=args.output,
-        model=args.model,
-        trust=args.trust,
-        device=args.device,
+        options=run_options_from_args(args),
         client=args.scheduler,
         n_workers=args.workers,
         threads_per_worker=args.threads,
-        threshold=args.threshold,
-        largest=None if args.largest is None else bool(args.largest),
-        fill_holes=None if args.fill_holes is None else bool(args.fill_holes),
-        remove_small=args.remove_small,
-        test_time_aug=args.tta,
-        label_vert=bool(args.label_vert),
-        sct_compat=args.sct_compat,
         progress=None if args.quiet else terminal_progress(),
     )
     out.write(summary(items) + "\n")

@@ -15,10 +15,13 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpinesegError
-from .postprocess import MinSize, parse_remove_small, split_tokens
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .catalog import TaskSpec
+    from .postprocess import MinSize
 
 #: inference profiles: ``sct`` runs the model as ``sct_deepseg`` does (every fold shipped,
 #: nnU-Net's tile overlap 0.5); ``fast`` trades accuracy for speed for a first look
@@ -33,35 +36,69 @@ class RemoveSmall:
     Both are kept because ``sct_deepseg`` reads the literal tokens (``10`` and ``10vox``
     differ for the 7T task; see ``postprocess.sct_reading``) while our reading uses the
     parsed sizes. Parsed once, here: a value that cannot be read fails when the options
-    are made, before any model loads.
+    are made, before any model loads. ``sizes`` is None when only SCT's literal reading
+    takes the tokens (``+7``, ``1_0``: Python's ``int()`` reads them, we do not); which
+    reading a run uses depends on the task (``postprocess.resolve_remove_small``).
     """
 
     tokens: tuple[str, ...]
-    sizes: tuple[MinSize, ...]
+    sizes: tuple[MinSize, ...] | None
 
     @classmethod
     def parse(cls, value: Any) -> RemoveSmall | None:
-        """``"5mm3"``, ``"10, 20vox"``, ``["10", "20vox"]``, ``10``, ``MinSize(...)`` or None."""
+        """``"5mm3"``, ``"10, 20vox"``, ``["10", "20vox"]``, ``10``, ``MinSize(...)`` or None.
+
+        One string is split on spaces and commas (the widget's and the API's form); the
+        items of a list are command-line tokens, kept as written (SCT reads ``2,4vox``
+        as one token, which it refuses); a number or ``MinSize`` is written with its unit
+        (``10`` -> ``10vox``: SCT's 7T reading skips a value without one).
+        """
+        # imported here: the CLI builds its parser from this module without numpy/scipy
+        from .postprocess import MinSize, parse_remove_small, split_tokens
+
         if value is None or isinstance(value, RemoveSmall):
             return value
-        if isinstance(value, bool):
+        if isinstance(value, MinSize | int | float | str):
+            value = split_tokens(value) if isinstance(value, str) else [value]
+        if not isinstance(value, Sequence):
             raise SpinesegError(
-                f"remove_small: expected sizes such as '10vox' or '5mm3', got {value}"
+                f"remove_small: expected sizes such as '10vox' or '5mm3' (one, a string or "
+                f"a list), got a {type(value).__name__}"
             )
-        if isinstance(value, MinSize | int | float):
-            value = [value]
-        if isinstance(value, str):
-            tokens = tuple(split_tokens(value))
-        else:
-            tokens = tuple(
-                t for v in value for t in ([str(v)] if isinstance(v, MinSize) else split_tokens(v))
-            )
+        written: list[str] = []
+        for item in value:
+            if isinstance(item, bool) or not isinstance(item, MinSize | int | float | str):
+                raise SpinesegError(
+                    f"remove_small: expected sizes such as '10vox' or '5mm3', got {item!r}"
+                )
+            if not isinstance(item, str | MinSize):
+                item = MinSize(float(item))  # a number: voxels, written with its unit
+            written.append(str(item))
+        tokens = tuple(written)
         if not tokens:
             return None
-        return cls(tokens=tokens, sizes=tuple(parse_remove_small(list(tokens))))
+        try:
+            sizes: tuple[MinSize, ...] | None = tuple(parse_remove_small(list(tokens)))
+        except SpinesegError:
+            if not _sct_reads(tokens):  # no reading takes it: say what ours expects
+                raise
+            sizes = None
+        return cls(tokens=tokens, sizes=sizes)
 
     def __str__(self) -> str:
         return " ".join(self.tokens)
+
+
+def _sct_reads(tokens: Sequence[str]) -> bool:
+    """Whether ``sct_deepseg``'s ``int()`` reading takes every token (unit from the last
+    one, as ``postprocess.sct_reading``), whatever the count: ``+7``, ``1_0``, ``-3``."""
+    unit = "mm3" if "mm3" in tokens[-1] else "vox"
+    try:
+        for token in tokens:
+            int(token.replace(unit, ""))
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -120,6 +157,19 @@ class RunOptions:
                 f"unknown inference profile {self.profile!r}: use one of {', '.join(PROFILES)}"
             )
 
+    def resolved(self, spec: TaskSpec) -> RunOptions:
+        """A copy with the task's SCT defaults filled in where an option is None
+        (``threshold``, ``largest``, ``fill_holes``): what a run of ``spec`` uses, and what
+        its provenance records. ``remove_small`` stays as given: its default and its
+        reading depend on the engine (``Engine.min_sizes_for``)."""
+        d = spec.postprocess
+        return replace(
+            self,
+            threshold=self.threshold if self.threshold is not None else d.threshold,
+            largest=self.largest if self.largest is not None else d.largest,
+            fill_holes=self.fill_holes if self.fill_holes is not None else d.fill_holes,
+        )
+
     def with_(self, **changes: Any) -> RunOptions:
         """A copy with ``changes`` applied (validated again)."""
         return replace(self, **changes)
@@ -142,12 +192,15 @@ def run_options(options: RunOptions | None = None, /, **kwargs: Any) -> RunOptio
 
     The one place the keyword form of the public functions becomes a :class:`RunOptions`;
     a keyword that is not an option is a ``TypeError`` naming it (a typo must not be
-    dropped silently).
+    dropped silently). A keyword given as None means "not given": ``options`` (or the
+    default) keeps its value, so ``segment(img, options=opts, threshold=None)`` runs
+    ``opts`` as they are (reset a value with ``opts.with_(threshold=None)``).
     """
     names = {f.name for f in fields(RunOptions)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise TypeError(f"unknown run option(s): {', '.join(unknown)}")
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
     if options is None:
         return RunOptions(**kwargs)
     return replace(options, **kwargs) if kwargs else options

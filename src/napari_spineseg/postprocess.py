@@ -155,6 +155,7 @@ def resolve_remove_small(
     *,
     ivadomed: bool,
     sct_compat: bool = False,
+    parsed: Sequence[MinSize] | None = None,
 ) -> tuple[list[MinSize] | None, list[str]]:
     """Minimum sizes, one per target, for a ``-remove-small`` command line; and notes.
 
@@ -163,7 +164,8 @@ def resolve_remove_small(
     SCT ignores the option: the task's own default then applies). Where SCT refuses them,
     the friendly reading (:func:`parse_remove_small`: one value for all targets or one per
     target) is used and a note says so; with ``sct_compat`` a :class:`SpinesegError` says
-    why SCT refuses them instead.
+    why SCT refuses them instead. ``parsed``: the values already read our way
+    (``RunOptions.remove_small.sizes``), so they are not parsed again.
     """
     if not values:
         return None, []
@@ -186,7 +188,7 @@ def resolve_remove_small(
             f"for all, or one per {'class' if ivadomed else 'output file'}: "
             f"{', '.join(targets)})"
         )
-    sizes = parse_remove_small(tokens)
+    sizes = list(parsed) if parsed is not None else parse_remove_small(tokens)
     if len(sizes) not in (1, len(targets)):
         raise SpinesegError(
             f"-remove-small {shown}: give one value for all or one per "

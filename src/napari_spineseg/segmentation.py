@@ -1,24 +1,28 @@
 """The task runner: engine -> SCT output files -> SCT post-processing.
 
-``run`` takes a task, a loaded image and the model folder, runs the backend's engine on
-the 3D image (file voxel order), cuts the prediction into the task's SCT output files
-(binary masks per class, OR-ing region values; or one multi-label map) and post-processes
-each file the way ``sct_deepseg`` does. Engines are cached (load once, predict many),
-keyed by (backend, folder, device, settings that change the loaded model).
+``run`` takes a task, a loaded image, the model folder and the run's
+:class:`~napari_spineseg.options.RunOptions`, runs the engine registered for the task's
+backend (``engines.registry``) on the 3D image (file voxel order), cuts the prediction
+into the task's SCT output files (binary masks per class, OR-ing region values; or one
+multi-label map) and post-processes each file the way ``sct_deepseg`` does. Nothing here
+knows a backend by name: what differs lives in the engine class (``engines/base.py``'s
+hooks). Engines are cached (load once, predict many), keyed by ``Engine.cache_key``.
 
 Post-processing split of responsibility (kept identical to SCT):
 
-* nnU-Net and TotalSpineSeg tasks (SCT's ``segment_non_ivadomed``): ``largest``/
-  ``fill_holes``/``remove_small`` run here (``postprocess.py``) on each output file.
-  Binary files give SCT's voxels. Multi-label files (rootlets, spine) are processed per
-  class by default; with ``sct_compat`` as SCT does (one foreground), and ``-thr``
-  binarises each file with ``> thr`` as SCT does (by default ``-thr`` is ignored: these
-  models output labels, not probabilities).
-* the 7T ivadomed task: ivadomed's own post-processing (binarize >= thr, remove small,
-  optional keep-largest / fill-holes) runs *inside* the engine, which re-implements it
-  with ivadomed's exact semantics; it is not repeated here.
-* ``-remove-small`` tokens are read once, by ``postprocess.resolve_remove_small``: SCT's
-  values wherever SCT accepts the command line.
+* engines that return labels (nnU-Net and TotalSpineSeg tasks, SCT's
+  ``segment_non_ivadomed``): ``largest``/``fill_holes``/``remove_small`` run here
+  (``postprocess.py``) on each output file. Binary files give SCT's voxels. Multi-label
+  files (rootlets, spine) are processed per class by default; with ``sct_compat`` as SCT
+  does (one foreground), and ``-thr`` binarises each file with ``> thr`` as SCT does (by
+  default ``-thr`` is ignored: these models output labels, not probabilities).
+* engines with ``postprocess_inside`` (the 7T ivadomed task): ivadomed's own
+  post-processing (binarize >= thr, remove small, optional keep-largest / fill-holes)
+  runs *inside* the engine, which re-implements it with ivadomed's exact semantics; it is
+  not repeated here.
+* ``-remove-small`` is read once per run, by the engine class's ``min_sizes_for`` (through
+  ``postprocess.resolve_remove_small``): SCT's values wherever SCT accepts the command
+  line, before any model loads.
 * TotalSpineSeg's own pipeline already keeps the largest components and fills the canal;
   the generic steps do nothing unless asked for.
 
@@ -28,12 +32,11 @@ single 3D input for the others); the provenance says so.
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +44,13 @@ import numpy as np
 
 from . import postprocess as pp
 from .catalog import RGBA, OutputSpec, TaskSpec
+from .engines.registry import engine_class
 from .errors import TaskError
+from .options import RunOptions
 from .progress import Reporter
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .engines.base import Prediction
+    from .engines.base import Engine, Prediction
     from .io import Volume
 
 CODE_URL = "https://github.com/napari-spineseg/napari-spineseg"
@@ -75,139 +80,28 @@ class SegmentationResult:
     sidecar_extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Post-processing and inference settings of one run (None = the task's default)."""
-
-    threshold: float | None = None
-    largest: bool | None = None
-    fill_holes: bool | None = None
-    #: the ``-remove-small`` tokens as written (read by ``postprocess.resolve_remove_small``)
-    remove_small: tuple[str, ...] | None = None
-    test_time_aug: bool = False
-    device: str = "auto"
-    label_vert: bool = False
-    #: reproduce SCT's voxels where our defaults differ (multi-label files, ``-thr``)
-    sct_compat: bool = False
-
-    def resolved(self, spec: TaskSpec) -> Settings:
-        """Defaults filled in from the task's SCT post-processing."""
-        d = spec.postprocess
-        return replace(
-            self,
-            threshold=self.threshold if self.threshold is not None else d.threshold,
-            largest=self.largest if self.largest is not None else d.largest,
-            fill_holes=self.fill_holes if self.fill_holes is not None else d.fill_holes,
-        )
-
-    def min_sizes(self, spec: TaskSpec) -> tuple[list[pp.MinSize] | None, list[str]]:
-        """One size per output file (7T: per class) and notes; see ``resolve_remove_small``.
-
-        ``None``: no removal, or for the 7T task the model JSON's own (SCT's default).
-        """
-        ivadomed = spec.backend == "ivadomed_onnx"
-        tokens = self.remove_small
-        if tokens is None:  # not given: the task's default, which SCT applies as is
-            if ivadomed or not spec.postprocess.remove_small:
-                return None, []
-            tokens = spec.postprocess.remove_small
-        return pp.resolve_remove_small(
-            tokens,
-            [o.suffix for o in spec.outputs],
-            ivadomed=ivadomed,
-            sct_compat=self.sct_compat,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "largest": self.largest,
-            "fill_holes": self.fill_holes,
-            "remove_small": list(self.remove_small or ()),
-            "test_time_aug": self.test_time_aug,
-            "device": self.device,
-            "label_vert": self.label_vert,
-            "sct_compat": self.sct_compat,
-        }
-
-
 # ----------------------------------------------------------------------------- engines
 
-_ENGINES: OrderedDict[tuple, Any] = OrderedDict()
+_ENGINES: OrderedDict[tuple, Engine] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
 MAX_CACHED_ENGINES = 2  # models hold hundreds of MB; keep the last two
 
 
-def _engine_class(backend: str):
-    if backend == "nnunet":
-        from .engines.nnunet import NnunetModel
-
-        return NnunetModel
-    if backend == "ivadomed_onnx":
-        from .engines.ivadomed_onnx import IvadomedOnnxModel
-
-        return IvadomedOnnxModel
-    if backend == "totalspineseg":
-        from .engines.totalspineseg import TotalSpineSegModel
-
-        return TotalSpineSegModel
-    raise TaskError(f"unknown backend {backend!r}")
-
-
-def _accepted(func, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The keyword arguments ``func`` accepts (all of them if it takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):  # pragma: no cover
-        return kwargs
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return kwargs
-    return {k: v for k, v in kwargs.items() if k in params}
-
-
-def load_engine(spec: TaskSpec, folder: Path, settings: Settings) -> Any:
+def load_engine(spec: TaskSpec, folder: Path, options: RunOptions) -> Engine:
     """A loaded engine for ``folder``, from the cache when the same model was loaded."""
-    key = (
-        spec.backend,
-        str(Path(folder).resolve()),
-        settings.device,
-        settings.test_time_aug,
-        spec.orientation,
-    )
+    cls = engine_class(spec.backend)
+    key = (cls, *cls.cache_key(spec, folder, options))
     with _ENGINES_LOCK:
         if key in _ENGINES:
             _ENGINES.move_to_end(key)
             return _ENGINES[key]
-    cls = _engine_class(spec.backend)
-    kwargs = {"device": settings.device, "use_mirroring": settings.test_time_aug, "trust": True}
-    engine = cls.load(_engine_source(spec, folder), **_accepted(cls.load, kwargs))
-    if spec.backend == "nnunet":
-        # SCT: dataset.json's image_orientation wins, else its fallback by dataset name.
-        from .engines import _nnunet_orientation as orient
-
-        dj = getattr(engine, "dataset_json", {}) or {}
-        if "image_orientation" not in dj and hasattr(engine, "orientation"):
-            name = (getattr(engine, "plans", {}) or {}).get("dataset_name") or dj.get("name")
-            engine.orientation = orient.sct_to_nibabel(orient.sct_fallback_orientation(name))
+    engine = cls.load(cls.source_for(spec, folder), options)
+    engine.after_load(spec)
     with _ENGINES_LOCK:
         _ENGINES[key] = engine
         while len(_ENGINES) > MAX_CACHED_ENGINES:
             _ENGINES.popitem(last=False)
     return engine
-
-
-def _engine_source(spec: TaskSpec, folder: Path):
-    """TotalSpineSeg: the (step 1, step 2) trainer folders found in the install, else folder."""
-    if spec.backend != "totalspineseg":
-        return folder
-    from .models.archives import find_nnunet_folders
-
-    found = find_nnunet_folders(folder)
-    step1 = [f for f in found if "Dataset101" in str(f) or "step1" in str(f)]
-    step2 = [f for f in found if "Dataset102" in str(f) or "step2" in str(f)]
-    if len(step1) == 1 and len(step2) == 1:
-        return (step1[0], step2[0])
-    return folder
 
 
 def clear_engine_cache() -> None:
@@ -269,22 +163,25 @@ def split_outputs(
     spec: TaskSpec,
     pred: Prediction,
     zooms: Sequence[float],
-    settings: Settings,
+    options: RunOptions,
     min_sizes: Sequence[pp.MinSize] | None = None,
 ) -> tuple[dict[str, LabelOutput], list[str]]:
     """Cut ``pred`` into the task's output files and post-process each (see module doc).
 
-    ``min_sizes``: one per output file, from :meth:`Settings.min_sizes` (read from
-    ``settings`` when not given). Returns the outputs (by suffix) and the list of
-    post-processing steps that ran.
+    ``options``: the run's, with the task's defaults filled in
+    (:meth:`RunOptions.resolved`). ``min_sizes``: one per output file, from the engine
+    class's ``min_sizes_for`` (computed here when not given). Returns the outputs (by suffix)
+    and the list of post-processing steps that ran here (none for an engine that
+    post-processes inside).
     """
-    generic = spec.backend != "ivadomed_onnx"  # 7T: done inside the engine
+    cls = engine_class(spec.backend)
+    generic = not cls.postprocess_inside
     if min_sizes is None and generic:
-        min_sizes, _ = settings.min_sizes(spec)
+        min_sizes, _ = cls.min_sizes_for(spec, options)
     # SCT binarises every nnU-Net/TotalSpineSeg file with `> thr` when -thr is non-zero.
     sct_thr = None
-    if generic and settings.sct_compat and settings.threshold:
-        sct_thr = settings.threshold
+    if generic and options.sct_compat and options.threshold:
+        sct_thr = options.threshold
     steps: list[str] = []
     outputs: dict[str, LabelOutput] = {}
     for i, out in enumerate(spec.outputs):
@@ -297,9 +194,9 @@ def split_outputs(
             labels, binary = pp.binarize(labels, sct_thr), True
             done.append(f"binarize > {sct_thr:g} (SCT)")
         if generic:
-            largest, fill = bool(settings.largest), bool(settings.fill_holes)
+            largest, fill = bool(options.largest), bool(options.fill_holes)
             opts = {"zooms": zooms, "largest": largest, "fill": fill}
-            if settings.sct_compat or binary:
+            if options.sct_compat or binary:
                 labels = pp.postprocess_foreground(labels, min_size=size, name=out.suffix, **opts)
             else:
                 labels = pp.postprocess_multilabel(labels, min_sizes=size, **opts)
@@ -307,7 +204,7 @@ def split_outputs(
             if size is not None:
                 done.append(f"remove_small {size}")
             if done and not binary:
-                done.append("(SCT: one foreground)" if settings.sct_compat else "(per class)")
+                done.append("(SCT: one foreground)" if options.sct_compat else "(per class)")
         labels = labels.astype(np.uint8 if labels.max(initial=0) <= 255 else np.int16)
         steps += [f"{out.suffix}: {s}" for s in done]
         names = dict(out.names) if out.names else dict(pred.classes.get(out.map, {}))
@@ -341,7 +238,7 @@ def run(
     spec: TaskSpec,
     volume: Volume,
     folder: Path,
-    settings: Settings,
+    options: RunOptions,
     report: Reporter,
     *,
     return_probabilities: bool = True,
@@ -351,10 +248,11 @@ def run(
     """Segment ``volume`` with ``spec``'s engine loaded from ``folder`` (see module doc)."""
     from . import __version__
 
-    settings = settings.resolved(spec)
-    min_sizes, notes = settings.min_sizes(spec)  # a bad -remove-small fails before loading
-    thr = settings.threshold
-    if thr is not None and spec.backend != "ivadomed_onnx" and not settings.sct_compat:
+    cls = engine_class(spec.backend)  # an unknown backend fails before anything loads
+    options = options.resolved(spec)
+    min_sizes, notes = cls.min_sizes_for(spec, options)  # a bad -remove-small fails here too
+    thr = options.threshold
+    if thr is not None and not cls.postprocess_inside and not options.sct_compat:
         notes.append(
             f"-thr {thr:g} was ignored: {spec.id} outputs labels, not probabilities "
             f"(sct_deepseg would binarise each output file with > {thr:g}; -sct-compat does)"
@@ -362,9 +260,10 @@ def run(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     report(0.0, "loading model")
-    engine = load_engine(spec, folder, settings)
+    engine = load_engine(spec, folder, options)
     timings["load_s"] = round(time.perf_counter() - t0, 3)
     report.check()
+    notes += engine.notes()
 
     if volume.is_4d:
         n = volume.shape[3]
@@ -373,35 +272,29 @@ def run(
             "axis (as TotalSpineSeg does); the masks are 3D on the same grid"
         )
     image = volume.image3d(reduce="mean")  # file voxel order, the source's affine
-    opts: dict[str, Any] = {"return_probabilities": return_probabilities}
-    # the image given to the engine is built in memory: tell it the file's name for messages
-    opts["name"] = volume.path.name if volume.path is not None else volume.name
-    if spec.backend == "totalspineseg":
-        opts["label_vert"] = settings.label_vert
-    if spec.backend == "ivadomed_onnx":
-        opts.update(
-            threshold=settings.threshold,
-            remove_small=min_sizes,  # None: the model JSON's (SCT's default)
-            keep_largest=bool(settings.largest),
-            fill_holes=bool(settings.fill_holes),
-            sct_compat=settings.sct_compat,
-        )
     t1 = time.perf_counter()
-    pred = engine.predict(image, report.sub(0.02, 0.95), **_accepted(engine.predict, opts))
+    pred = engine.predict(
+        image,
+        report.sub(0.02, 0.95),
+        options,
+        # the image given to the engine is built in memory: its file's name, for messages
+        name=volume.path.name if volume.path is not None else volume.name,
+        return_probabilities=return_probabilities,
+        min_sizes=min_sizes,  # None: the model's own default (postprocess_inside engines)
+    )
     timings["predict_s"] = round(time.perf_counter() - t1, 3)
     report.check()
 
     report(0.96, "post-processing")
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     t2 = time.perf_counter()
-    outputs, steps = split_outputs(spec, pred, zooms, settings, min_sizes)
+    outputs, steps = split_outputs(spec, pred, zooms, options, min_sizes)
     timings["postprocess_s"] = round(time.perf_counter() - t2, 3)
     timings["total_s"] = round(time.perf_counter() - t0, 3)
-    if spec.backend == "ivadomed_onnx":
-        steps = [f"inside the engine (ivadomed semantics): {pred.info.get('postprocessing')}"]
+    if cls.postprocess_inside:
+        steps = engine.postprocessing_done(pred)
     report(1.0, "done")
 
-    device = getattr(engine, "device", settings.device)
     provenance: dict[str, Any] = {
         "name": "napari-spineseg",
         "version": __version__,
@@ -413,9 +306,9 @@ def run(
         "model_folder": str(folder),
         "model_url": model_url if model_url is not None else [s.url for s in spec.sources],
         "model_sha256": model_sha256,
-        "settings": settings.as_dict(),
+        "settings": options.as_dict(),
         "postprocessing": steps,
-        "device": str(device),
+        "device": engine.device_label() or options.device,
         "timings": timings,
         "engine": _jsonable(pred.info),
         "input": {

@@ -38,7 +38,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import nibabel as nib
 import numpy as np
@@ -46,11 +46,13 @@ from nibabel import orientations as nio
 from scipy import ndimage
 
 from ..errors import ModelNotInstalledError, SpinesegError, TaskError
-from ..postprocess import MinSize, parse_remove_small
-from .base import Prediction, cpu_threads
+from ..postprocess import MinSize, parse_remove_small, resolve_remove_small
+from ..progress import Reporter
+from .base import Engine, Prediction, cpu_threads
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..progress import Reporter
+    from ..catalog import TaskSpec
+    from ..options import RunOptions
 
 #: Name of the real model (folder, ``.onnx`` and ``.json`` stem) inside SCT's release zip.
 MODEL_NAME = "model_7t_multiclass_gm_sc_unet2d"
@@ -235,12 +237,16 @@ def min_sizes_per_class(value: Any, n_classes: int) -> list[MinSize]:
 
 
 @dataclass
-class IvadomedOnnxModel:
+class IvadomedOnnxModel(Engine):
     """An ivadomed 2D ONNX model (``<name>.onnx`` + ``<name>.json``) ready to predict.
 
     Load once with :meth:`load`, then :meth:`predict` any number of 3D images; the ONNX
-    session is created once and reused.
+    session is created once and reused. Post-processing runs inside :meth:`predict`, with
+    ivadomed's semantics (as SCT runs this model); test-time augmentation and the
+    inference profile do not apply to this model and are ignored.
     """
+
+    postprocess_inside: ClassVar[bool] = True
 
     folder: Path
     onnx_path: Path
@@ -260,15 +266,22 @@ class IvadomedOnnxModel:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(
-        cls, folder: str | Path, *, device: str = "auto", name: str | None = None
+        cls,
+        folder: str | Path,
+        options: RunOptions | None = None,
+        *,
+        device: str | None = None,
+        name: str | None = None,
     ) -> IvadomedOnnxModel:
         """Find ``<name>.onnx`` + ``<name>.json`` in ``folder`` (searched recursively).
 
         ``folder`` may be the model folder itself, or the unzipped release (SCT's zip is a
         GitHub source archive whose top folder holds ``model_7t_multiclass_gm_sc_unet2d/``).
-        ``device``: ``auto`` (CUDA through onnxruntime-gpu when available, else CPU),
-        ``cpu``, ``cuda`` or ``cuda:N``.
+        The device is ``options.device`` unless ``device`` is given: ``auto`` (CUDA
+        through onnxruntime-gpu when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
         """
+        if device is None:
+            device = options.device if options is not None else "auto"
         folder = Path(folder)
         onnx_path, json_path = _find_model_files(folder, name)
         try:
@@ -393,36 +406,59 @@ class IvadomedOnnxModel:
             report(done / total, f"7T GM/SC: batch {done}/{total}", done, total)
         return probs, run
 
+    # ---------------------------------------------------------------- Engine hooks
+    @classmethod
+    def min_sizes_for(
+        cls, spec: TaskSpec, options: RunOptions
+    ) -> tuple[list[MinSize] | None, list[str]]:
+        """ivadomed's reading of ``-remove-small`` (one size per class, SCT skips it when
+        the last value has no unit); not given: None, the model JSON's own (SCT's)."""
+        given = options.remove_small
+        if given is None:
+            return None, []
+        return resolve_remove_small(
+            given.tokens,
+            [o.suffix for o in spec.outputs],
+            ivadomed=True,
+            sct_compat=options.sct_compat,
+            parsed=given.sizes,
+        )
+
+    def device_label(self) -> str:
+        return str(self.device)
+
+    def postprocessing_done(self, pred: Prediction) -> list[str]:
+        return [f"inside the engine (ivadomed semantics): {pred.info.get('postprocessing')}"]
+
+    # ---------------------------------------------------------------- inference
     def predict(
         self,
         image: nib.Nifti1Image,
-        report: Reporter,
-        threshold: float | None = None,
-        remove_small: Any = None,
-        keep_largest: bool | None = False,
-        fill_holes: bool | None = False,
+        report: Reporter | None = None,
+        options: RunOptions | None = None,
         *,
-        largest: bool | None = None,
-        sct_compat: bool = False,
-        **_: Any,
+        name: str | None = None,
+        return_probabilities: bool = True,
+        min_sizes: Any = None,
     ) -> Prediction:
         """Segment a 3D (or 2D) image; masks and probabilities on its exact grid.
 
-        ``threshold``: None -> the JSON's ``binarize_prediction`` (0.5); a value in (0, 1]
-        -> binarise there (``>=``, ivadomed's rule); 0 -> soft output, what SCT's help
-        promises for ``-thr 0``: ``probabilities`` then hold the post-processed soft maps
-        and ``maps`` are those >= 0.5. With ``sct_compat``, 0 does what SCT 7.3 really
-        does: ivadomed binarises at ``>= 0``, so every voxel is 1.
-        ``remove_small``: None -> the JSON's (3 voxels per class); 0 -> off; or sizes
-        (``MinSize``, one or one per class) / ``"5mm3"`` / tokens. ``keep_largest`` /
-        ``fill_holes``: off by default, as SCT runs this task; True restores the JSON's
-        step (``largest`` is an alias, the API's name). Options that do not apply to this
-        engine (``test_time_aug``, ``return_probabilities``...) are accepted and ignored:
-        probabilities are always returned, they cost nothing extra here.
+        From ``options`` (default: ``RunOptions()``): ``threshold``: None -> the JSON's
+        ``binarize_prediction`` (0.5); a value in (0, 1] -> binarise there (``>=``,
+        ivadomed's rule); 0 -> soft output, what SCT's help promises for ``-thr 0``:
+        ``probabilities`` then hold the post-processed soft maps and ``maps`` are those
+        >= 0.5. With ``sct_compat``, 0 does what SCT 7.3 really does: ivadomed binarises
+        at ``>= 0``, so every voxel is 1. ``largest`` / ``fill_holes``: off unless True,
+        as SCT runs this task; True restores the JSON's step. ``min_sizes``: None -> the
+        JSON's (3 voxels per class); 0 -> off; or sizes (``MinSize``, one or one per
+        class, as :meth:`min_sizes_for` resolves them) / ``"5mm3"`` / tokens. Probabilities
+        are always returned (they cost nothing extra here); ``name`` is not needed.
         """
-        if largest is not None:
-            keep_largest = largest
-        keep_largest, fill_holes = bool(keep_largest), bool(fill_holes)
+        from ..options import RunOptions
+
+        options = options if options is not None else RunOptions()
+        report = report if report is not None else Reporter()
+        keep_largest, fill_holes = bool(options.largest), bool(options.fill_holes)
         t0 = time.perf_counter()
         img3d, squeeze = _as_3d(image)
         can = nib.as_closest_canonical(img3d)
@@ -445,7 +481,7 @@ class IvadomedOnnxModel:
         probs[probs <= NOISE_FLOOR] = 0
 
         steps, soft = self._postprocessing_steps(
-            threshold, remove_small, keep_largest, fill_holes, sct_compat=sct_compat
+            options.threshold, min_sizes, keep_largest, fill_holes, sct_compat=options.sct_compat
         )
         # ivadomed converts mm3 with the header's pixdim; a 2D header has no 3rd size.
         pixdim = tuple(float(z) for z in img3d.header.get_zooms()[:3])

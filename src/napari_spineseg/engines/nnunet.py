@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_spineseg.engines import _nnunet_orientation as orient
-from napari_spineseg.engines.base import Prediction, cpu_threads, resolve_device
+from napari_spineseg.engines.base import Engine, Prediction, cpu_threads, resolve_device
 from napari_spineseg.errors import (
     ModelNotInstalledError,
     SpinesegError,
@@ -48,9 +48,17 @@ if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
     import torch
 
+    from napari_spineseg.catalog import TaskSpec
+    from napari_spineseg.options import RunOptions
+    from napari_spineseg.postprocess import MinSize
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAMES = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
+
+#: nnU-Net's sliding-window step (fraction of the patch) per inference profile: SCT's 0.5
+#: (half-patch overlap); ``fast`` 0.75 (a quarter overlap: about half the tiles in 3D)
+TILE_STEP = {"sct": 0.5, "fast": 0.75}
 
 # Share of the progress bar per stage (inference gets the rest, split across folds).
 _PREPROCESS = (0.0, 0.05)
@@ -185,11 +193,14 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-class NnunetModel:
+class NnunetModel(Engine):
     """A loaded nnU-Net v2 model folder, ready to predict many images (see module doc).
 
     Predictions on one model run one at a time (a lock serialises them): nnU-Net loads
     each fold's weights into the same network in turn, so concurrent runs would mix folds.
+    The run options it reads: ``device``, ``test_time_aug`` (nnU-Net's mirroring) and
+    ``profile`` (``sct``: every fold, tile step 0.5, as ``sct_deepseg``; ``fast``: the
+    first fold only, tile step 0.75).
     """
 
     def __init__(self) -> None:  # use NnunetModel.load
@@ -208,6 +219,9 @@ class NnunetModel:
         self.orientation = "RAS"
         self.tile_step_size = 0.5
         self.use_mirroring = False
+        self.profile = "sct"
+        self.folds_found: tuple[str, ...] = ()
+        self._orientation_is_default = False  # neither dataset.json nor load() named one
         self.mirror_axes: tuple[int, ...] | None = None
         self.patch_size: tuple[int, ...] = ()
         self.last_info: dict[str, Any] = {}
@@ -220,30 +234,43 @@ class NnunetModel:
     def load(
         cls,
         folder: str | Path,
+        options: RunOptions | None = None,
         *,
         folds: Sequence[int | str] | str | None = None,
         checkpoint: str = "auto",
-        device: str = "auto",
-        tile_step_size: float = 0.5,
-        use_mirroring: bool = False,
+        device: str | None = None,
+        tile_step_size: float | None = None,
+        use_mirroring: bool | None = None,
         trust: bool = True,
         orientation: str | None = None,
     ) -> NnunetModel:
         """Load ``folder`` (``dataset.json``, ``plans.json``, ``fold_*/checkpoint_*.pth``).
 
-        ``folds``: ``None`` = every ``fold_N`` that has a checkpoint (``fold_all`` when it is
-        the only one), ``("all",)`` = ``fold_all``. ``checkpoint``: ``auto`` (final, else
-        best, as SCT), ``final``, ``best`` or a file name. Defaults are SCT's: tile step
-        0.5, Gaussian weighting, no test-time mirroring. ``orientation`` (nibabel axis
-        codes) overrides the model orientation read from ``dataset.json`` (for a task
-        whose catalog entry knows better, as SCT's hard-coded AIL for lesion datasets).
+        ``options``: the run's (device, test-time augmentation, profile; default
+        :class:`~napari_spineseg.options.RunOptions`'s). The keywords are for direct use
+        (tests, TotalSpineSeg's two models) and win over ``options``: ``folds``: ``None``
+        = every ``fold_N`` that has a checkpoint (``fold_all`` when it is the only one;
+        the first of them with the ``fast`` profile), ``("all",)`` = ``fold_all``.
+        ``checkpoint``: ``auto`` (final, else best, as SCT), ``final``, ``best`` or a file
+        name. ``device``, ``use_mirroring`` (= ``test_time_aug``), ``tile_step_size``
+        (default 0.5, SCT's; 0.75 with the ``fast`` profile). Gaussian weighting as
+        SCT. ``orientation`` (nibabel axis codes) overrides the model orientation read
+        from ``dataset.json`` (for a task whose catalog entry knows better, as SCT's
+        hard-coded AIL for lesion datasets).
         """
         from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+        from napari_spineseg.options import RunOptions
+
         from ._nnunet_predictor import predictor_class
 
+        options = options if options is not None else RunOptions()
+        device = options.device if device is None else device
+        use_mirroring = options.test_time_aug if use_mirroring is None else use_mirroring
+        if tile_step_size is None:
+            tile_step_size = TILE_STEP[options.profile]
         folder = Path(folder).expanduser()
         if not folder.is_dir():
             raise ModelNotInstalledError(f"nnU-Net model folder {folder} does not exist")
@@ -254,6 +281,10 @@ class NnunetModel:
         self.dataset_json = _read_json(folder / "dataset.json", folder)
         self.plans = _read_json(folder / "plans.json", folder)
         fold_names = _find_folds(folder, folds)
+        self.folds_found = fold_names
+        if folds is None and options.profile == "fast":
+            fold_names = fold_names[:1]
+        self.profile = options.profile
         self.folds = tuple(int(f) if f.isdigit() else f for f in fold_names)
         self.checkpoint_name = _pick_checkpoint(folder, fold_names, checkpoint)
         # every number that sizes a network or a sliding window, before anything is built
@@ -321,6 +352,9 @@ class NnunetModel:
                 ) from exc
         else:
             self.orientation = "RAS"
+        # SCT's fallback by dataset name (after_load) applies when neither names one
+        named = bool(orientation) or "image_orientation" in self.dataset_json
+        self._orientation_is_default = not named
 
         predictor = predictor_class()(
             tile_step_size=self.tile_step_size,
@@ -386,7 +420,35 @@ class NnunetModel:
             "mirroring": bool(self.use_mirroring and self.mirror_axes),
             "mirror_axes": list(self.mirror_axes) if self.mirror_axes else None,
             "orientation": self.orientation,
+            "profile": self.profile,
         }
+
+    # ------------------------------------------------------------------ Engine hooks
+    @classmethod
+    def cache_key(cls, spec: TaskSpec, folder: Path, options: RunOptions) -> tuple:
+        """Test-time augmentation and the profile change the loaded predictor."""
+        return (*super().cache_key(spec, folder, options), options.test_time_aug, options.profile)
+
+    def after_load(self, spec: TaskSpec) -> None:
+        """SCT's rule: ``dataset.json``'s ``image_orientation`` wins, else SCT's fallback
+        by dataset name (AIL for its lesion datasets, LPI otherwise)."""
+        if not self._orientation_is_default:
+            return
+        name = self.plans.get("dataset_name") or self.dataset_json.get("name")
+        self.orientation = orient.sct_to_nibabel(orient.sct_fallback_orientation(name))
+
+    def device_label(self) -> str:
+        return str(self.device)
+
+    def notes(self) -> list[str]:
+        if self.profile == "sct":
+            return []
+        found = ", ".join(self.folds_found)
+        return [
+            f"inference profile {self.profile!r}: nnU-Net ran fold {self.folds[0]} only (of "
+            f"{found}) with tile step {self.tile_step_size:g}; sct_deepseg runs every fold "
+            f"with tile step {TILE_STEP['sct']:g}, so the masks may differ slightly"
+        ]
 
     def _on_tile(self, fold: int, n_folds: int, tile: int, n_tiles: int) -> None:
         if self._report is None:
@@ -545,13 +607,18 @@ class NnunetModel:
         self,
         image_or_channels: nib.Nifti1Image | Sequence[nib.Nifti1Image],
         report: Reporter | None = None,
+        options: RunOptions | None = None,
+        *,
+        name: str | None = None,
         return_probabilities: bool = False,
-        **_options: Any,
+        min_sizes: list[MinSize] | None = None,
     ) -> Prediction:
         """Segment a 3D image (or one image per input channel, same grid) -> Prediction.
 
         The data are reoriented losslessly to the model orientation, predicted, and put back
-        on the input's exact grid and voxel order.
+        on the input's exact grid and voxel order. Everything ``options`` change was fixed
+        when the model loaded; ``min_sizes`` is the task layer's (post-processing runs
+        there); ``name`` is not needed (messages name the channel).
         """
         import nibabel as nib
 

@@ -45,10 +45,14 @@ import numpy as np
 
 from ..errors import ModelNotInstalledError, SpinesegError
 from ..progress import Reporter
-from .base import Prediction
+from .base import Engine, Prediction
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
+
+    from ..catalog import TaskSpec
+    from ..options import RunOptions
+    from ..postprocess import MinSize
 
 STEP1_DATASET = "Dataset101_TotalSpineSeg_step1"
 STEP2_DATASET = "Dataset102_TotalSpineSeg_step2"
@@ -267,8 +271,13 @@ def _image_stage(img: nib.Nifti1Image, fn) -> nib.Nifti1Image:
 
 
 # --------------------------------------------------------------------------- the model
-class TotalSpineSegModel:
-    """TotalSpineSeg's step-1 and step-2 nnU-Net models plus its labelling algorithm."""
+class TotalSpineSegModel(Engine):
+    """TotalSpineSeg's step-1 and step-2 nnU-Net models plus its labelling algorithm.
+
+    The run options it reads: ``device`` and ``label_vert``. Test-time augmentation and
+    the inference profile are ignored: TotalSpineSeg runs fold 0 without mirroring, tile
+    step 0.5, whatever SCT is asked for (as ``totalspineseg`` itself does).
+    """
 
     def __init__(self, step1, step2, folders: tuple[Path, Path]) -> None:
         self.step1 = step1
@@ -276,12 +285,26 @@ class TotalSpineSegModel:
         self.folders = folders
 
     @classmethod
+    def source_for(cls, spec: TaskSpec, folder: Path) -> Path | tuple[Path, Path]:
+        """The (step 1, step 2) trainer folders found in the task's install, else the
+        folder itself (then read as a TotalSpineSeg data folder)."""
+        from ..models.archives import find_nnunet_folders
+
+        found = find_nnunet_folders(folder)
+        step1 = [f for f in found if "Dataset101" in str(f) or "step1" in str(f)]
+        step2 = [f for f in found if "Dataset102" in str(f) or "step2" in str(f)]
+        if len(step1) == 1 and len(step2) == 1:
+            return (step1[0], step2[0])
+        return folder
+
+    @classmethod
     def load(
         cls,
         source: str | Path | Sequence[str | Path],
-        device: str = "auto",
-        trust: bool = True,
+        options: RunOptions | None = None,
         *,
+        device: str | None = None,
+        trust: bool = True,
         release: str | None = None,
     ) -> TotalSpineSegModel:
         """Load from a TotalSpineSeg data folder, or from ``(step1_folder, step2_folder)``.
@@ -290,8 +313,11 @@ class TotalSpineSegModel:
         see :func:`find_model_folders`); the two model folders are the trainer folders
         (``dataset.json``, ``plans.json``, ``fold_0/checkpoint_*.pth``). As the package
         does: fold 0, ``checkpoint_best.pth`` if present else ``checkpoint_final.pth``,
-        tile step 0.5, no mirroring.
+        tile step 0.5, no mirroring. The device is ``options.device`` unless ``device``
+        is given.
         """
+        if device is None:
+            device = options.device if options is not None else "auto"
         tss_functions()  # fail early, with the install hint, if the package is missing
         from .nnunet import NnunetModel
 
@@ -332,23 +358,31 @@ class TotalSpineSegModel:
             "step2": self.step2.settings,
         }
 
+    def device_label(self) -> str:
+        return str(self.step1.device)
+
     def predict(
         self,
         image: nib.Nifti1Image,
         report: Reporter | None = None,
-        label_vert: bool = False,
+        options: RunOptions | None = None,
         *,
         name: str | None = None,
-        **_options: Any,
+        return_probabilities: bool = True,
+        min_sizes: list[MinSize] | None = None,
     ) -> Prediction:
         """Segment a 3D image -> ``maps`` ``discs`` (level points) and ``all`` (labels).
 
-        ``label_vert=False`` (SCT's default) gives step 1's labels (discs, cord, canal,
-        C1 = 11, other vertebrae = 50); ``label_vert=True`` also runs step 2 (each
-        vertebra labelled, C1 = 11 ... L5 = 45). ``name`` (default: the image's file)
-        names the input in error messages.
+        ``options.label_vert`` False (SCT's default) gives step 1's labels (discs, cord,
+        canal, C1 = 11, other vertebrae = 50); True also runs step 2 (each vertebra
+        labelled, C1 = 11 ... L5 = 45). ``name`` (default: the image's file) names the
+        input in error messages. No probabilities are returned (the labels come from
+        TotalSpineSeg's labelling, not from one network); ``min_sizes`` is the task
+        layer's (post-processing runs there).
         """
         import nibabel as nib
+
+        label_vert = bool(options is not None and options.label_vert)
 
         tss = tss_functions()
         report = report if report is not None else Reporter()

@@ -16,10 +16,13 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import SpinesegError
 from ..progress import Progress
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..options import RunOptions
 
 EXIT_OK, EXIT_ERROR = 0, 1
 
@@ -80,26 +83,15 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
         return None
     if args.task is None and args.model is None:
         raise SpinesegError("batch: give a TASK (see `spineseg tasks`) or --model FOLDER")
-    settings = {
-        "threshold": args.threshold,
-        "largest": None if args.largest is None else bool(args.largest),
-        "fill_holes": None if args.fill_holes is None else bool(args.fill_holes),
-        "remove_small": args.remove_small,
-        "test_time_aug": bool(args.tta),
-        "label_vert": bool(args.label_vert),
-        "sct_compat": bool(getattr(args, "sct_compat", False)),
-    }
+    from ..cli import run_options_from_args
+
     progress = None if args.quiet else terminal_progress()
     summary = segment_bids(
         args.input[0],
-        args.task,
         deriv=args.output,
-        model=args.model,
-        trust=args.trust,
         pattern=args.pattern,
         overwrite=args.overwrite,
-        settings=settings,
-        device=args.device,
+        options=run_options_from_args(args),
         client=args.scheduler,
         n_workers=args.workers,
         threads_per_worker=args.threads,
@@ -164,37 +156,63 @@ class BidsBatchSummary:
         return "\n".join(lines)
 
 
+def run_key_settings(options: RunOptions) -> dict[str, Any]:
+    """The options that decide a cohort's masks, as the run key records them.
+
+    ``RunOptions.as_dict`` without what the key holds elsewhere or what does not change
+    the masks (task and model: the key's ``Task`` and ``ModelHash``; trust; the device)
+    and without the profile when it is SCT's, so that keys written before profiles
+    existed still match (``bids.run_key`` then drops None and False values).
+    """
+    settings = options.as_dict()
+    for name in ("task", "model", "trust", "device"):
+        settings.pop(name)
+    if settings["profile"] == "sct":
+        del settings["profile"]
+    return settings
+
+
 def segment_bids(
     root: str | Path,
-    task: str | None,
+    task: str | None = None,
     *,
     deriv: str | Path | None = None,
     model: str | Path | None = None,
-    trust: bool = False,
+    trust: bool | None = None,
     pattern: str | None = None,
     overwrite: bool = False,
-    settings: dict[str, Any] | None = None,
-    device: str = "cpu",
+    options: RunOptions | None = None,
+    device: str | None = None,
     client: Any = None,
     n_workers: int | None = None,
     threads_per_worker: int = 1,
     progress: Any = None,
 ) -> BidsBatchSummary:
     """Segment a BIDS dataset into ``deriv`` (default ``ROOT/derivatives/spineseg``),
-    skipping images whose masks are done with the same run key (see :mod:`.bids`)."""
+    skipping images whose masks are done with the same run key (see :mod:`.bids`).
+
+    The run is ``options`` with ``task``, ``model``, ``trust`` and ``device`` overriding
+    it where given (as :func:`napari_spineseg.batch.segment_many`, which runs it).
+    """
     from .. import catalog
     from ..batch import segment_many
+    from ..options import run_options
     from . import bids
 
+    if device is None and options is None:
+        device = "cpu"  # segment_many's default: one model copy per worker process
+    opts = run_options(options, task=task, model=model, trust=trust, device=device)
+    if opts.model is not None:
+        opts = opts.with_(model=str(Path(opts.model).expanduser().absolute()))
     raw = Path(root).expanduser().absolute()
     out = Path(deriv).expanduser().absolute() if deriv else raw / "derivatives" / "spineseg"
+    model = opts.model
     if model is not None:
-        model = str(Path(model).expanduser().absolute())
-        spec = catalog.get_task(task) if task else catalog.custom_task(model)
+        spec = catalog.get_task(opts.task) if opts.task else catalog.custom_task(model)
     else:
-        spec = catalog.get_task(task)
+        spec = catalog.get_task(opts.task)
     images = bids.discover(raw, spec, pattern)
-    settings = dict(settings or {})
+    settings = run_key_settings(opts)
     key = json.loads(json.dumps(bids.run_key(spec, bids.model_hash(spec, model), settings)))
     plan = bids.Plan(raw, out, spec, tuple(images), key, model)
     todo, skipped = [], []
@@ -213,21 +231,11 @@ def segment_bids(
         return BidsBatchSummary(out, skipped, [], {})
     items = segment_many(
         todo,
-        task,
         out_dir=[plan.folder(i) for i in todo],
-        model=model,
-        trust=trust,
-        device=device,
+        options=opts,
         client=client,
         n_workers=n_workers,
         threads_per_worker=threads_per_worker,
-        threshold=settings.get("threshold"),
-        largest=settings.get("largest"),
-        fill_holes=settings.get("fill_holes"),
-        remove_small=settings.get("remove_small"),
-        test_time_aug=bool(settings.get("test_time_aug")),
-        label_vert=bool(settings.get("label_vert")),
-        sct_compat=bool(settings.get("sct_compat")),
         progress=progress,
         entry_extra=[{bids.RUN_KEY: key}] * len(todo),
         sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
