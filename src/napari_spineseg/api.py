@@ -263,8 +263,6 @@ def save(
     """
     from .saving import save_mask
 
-    # until batch passes entry_extra itself (SegmentationResult.sidecar_extra then goes)
-    entry = {**(getattr(result, "sidecar_extra", None) or {}), **(entry_extra or {})}
     written: list[Path] = []
     for suffix, path in output_paths(result, out).items():
         output = result.outputs[suffix]
@@ -277,7 +275,7 @@ def save(
                 classes=output.classes,
                 provenance=result.provenance,
                 output=suffix,
-                entry_extra=entry,
+                entry_extra=entry_extra,
                 sidecar_extra=sidecar_extra,
             )
         )

@@ -115,7 +115,7 @@ def _segment_one(
     output's GeneratedBy entry and ``sidecar_extra`` into its sidecar's top level (e.g.
     BIDS ``Sources``), after the mask is written.
     """
-    from . import api, sidecar
+    from . import api
 
     # Inference threads of this worker process. Not in the client's own process (a
     # threaded LocalCluster): there the user's environment stays the user's.
@@ -131,10 +131,7 @@ def _segment_one(
     t0 = time.perf_counter()
     try:
         result = api.segment(path, task=spec, options=options, return_probabilities=False)
-        result.sidecar_extra.update(entry_extra or {})
-        written = api.save(result, out_dir)
-        for p in written if sidecar_extra else ():
-            sidecar.write(p, {**sidecar.read(p), **sidecar_extra})
+        written = api.save(result, out_dir, entry_extra=entry_extra, sidecar_extra=sidecar_extra)
     except SpinesegError as exc:
         return BatchItem(Path(path), None, str(exc), time.perf_counter() - t0, worker)
     except Exception as exc:  # a bug or an unexpected input: keep the batch going

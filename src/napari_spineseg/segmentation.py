@@ -36,7 +36,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,7 +77,6 @@ class SegmentationResult:
     provenance: dict[str, Any]
     source: Volume
     task: TaskSpec
-    sidecar_extra: dict[str, Any] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- engines

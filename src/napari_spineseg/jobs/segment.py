@@ -28,24 +28,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..segmentation import SegmentationResult
 
 
-def _segment_kwargs(options: RunOptions) -> dict[str, Any]:
-    """Keyword arguments of :func:`api.segment` for ``options`` (until it takes
-    ``options=`` itself; the inference ``profile`` is not passed yet)."""
-    return {
-        "task": options.task,
-        "model": options.model,
-        "trust": options.trust,
-        "device": options.device,
-        "threshold": options.threshold,
-        "largest": options.largest,
-        "fill_holes": options.fill_holes,
-        "remove_small": list(options.remove_small.tokens) if options.remove_small else None,
-        "test_time_aug": options.test_time_aug,
-        "label_vert": options.label_vert,
-        "sct_compat": options.sct_compat,
-    }
-
-
 def run_segmentation(
     image: Volume | nib.Nifti1Image,
     options: RunOptions,
@@ -65,7 +47,7 @@ def run_segmentation(
         progress=progress,
         cancel=cancel,
         return_probabilities=return_probabilities,
-        **_segment_kwargs(options),
+        options=options,
     )
 
 
