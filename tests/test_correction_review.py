@@ -70,13 +70,16 @@ def test_paint_undo_redo_then_save_writes_the_layer_and_a_true_record(segmented,
     assert painted > 0
     assert state.dirty and state.refresh().changed_voxels == painted
     assert list(state.edits.slices) == [z]
+    assert state.tools_used == {"napari brush"}
 
     layer.undo()
     assert state.refresh().changed_voxels == 0 and not state.dirty
+    assert state.tools_used == set()  # the undone stroke is not in the record
     layer.redo()
     assert state.refresh().changed_voxels == painted and state.dirty
+    assert state.tools_used == {"napari brush"}
     trimmed = state.trim((0, 2))
-    assert state.slabs_trimmed == [(0, 2)] and state.tools_used == {"trim"}
+    assert state.slabs_trimmed == [(0, 2)] and state.tools_used == {"napari brush", "trim"}
     state.table.set_reviewed([z, z + 1])
 
     target = tmp_path / "out" / "edited_seg.nii.gz"
@@ -100,7 +103,7 @@ def test_paint_undo_redo_then_save_writes_the_layer_and_a_true_record(segmented,
         classes=state.classes,
         edits=edits,
         slabs_trimmed=[(0, 2)],
-        tools_used=["trim"],
+        tools_used=["napari brush", "trim"],
         reviewed_slices=[z, z + 1],
         extra={
             "Layer": str(layer.name),
@@ -178,3 +181,24 @@ def test_a_layer_without_plugin_geometry_is_refused_with_the_fix():
 
     with pytest.raises(SpinesegError, match=r"layer 'drawn' has no napari-spineseg geometry: "):
         LayerReview(Labels(np.zeros((3, 4, 4), np.uint8), name="drawn"))
+
+
+def test_napari_eraser_and_fill_strokes_are_recorded_and_follow_undo(segmented, tmp_path):
+    layer = result_layer(segmented)
+    state = LayerReview(layer, autosave_dir=tmp_path / "autosave")
+    data = np.asarray(layer.data)
+    z = int(np.flatnonzero(data.any(axis=(1, 2)))[2])
+    y, x = (int(v[0]) for v in np.nonzero(data[z]))
+    layer.brush_size = 1
+    layer.paint((z, y, x), 0)  # the eraser paints label 0
+    state.refresh()
+    assert state.tools_used == {"napari eraser"}
+    layer.mode = "fill"
+    layer.fill((z, 0, 0), 1)  # the background of one slice flooded
+    state.refresh()
+    assert state.tools_used == {"napari eraser", "napari fill"}
+    layer.undo()
+    state.refresh()
+    assert state.tools_used == {"napari eraser"}
+    layer.undo()
+    assert state.refresh().changed_voxels == 0 and state.tools_used == set()

@@ -136,7 +136,8 @@ def test_random_paint_undo_redo_refine_save_keeps_the_record_true(tmp_path, seed
             before = np.asarray(layer.data).copy()
             layer.paint(coord, 1 if action == "paint" else 0)
             if not np.array_equal(before, layer.data):  # napari records no empty stroke
-                mirror.push(np.asarray(layer.data), {})
+                tool = "napari brush" if action == "paint" else "napari eraser"
+                mirror.push(np.asarray(layer.data), {"tool": tool})
                 done[action] = done.get(action, 0) + 1
         elif action == "undo":
             if mirror.undo[-1][1].get("refined"):

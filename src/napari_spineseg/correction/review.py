@@ -96,6 +96,14 @@ def _atom_slices(atom: Any, n: int) -> set[int] | None:
         return None
 
 
+def _napari_tool(atom: Any, layer: Any) -> str:
+    """The name a napari edit is recorded under: eraser (label 0), fill, polygon or brush."""
+    if int(getattr(atom, "new_value", 1)) == 0:
+        return "napari eraser"
+    mode = str(getattr(layer, "mode", "")).lower()
+    return f"napari {mode}" if mode in ("fill", "polygon") else "napari brush"
+
+
 def _slice_checksums(data: np.ndarray, rows: Iterable[int] | None = None) -> dict[int, int]:
     """CRC-32 of each axial slice (the 'changed since saved' test, ~1.5 ms per 5 MB)."""
     data = np.asarray(data)
@@ -285,6 +293,7 @@ class LayerReview:
             self._pending_full = True
             return
         undo, redo, full = now
+        self._note_napari_strokes(before[0])
         n = self.tracker.shape[0]
         for aid in undo.keys() ^ before[0].keys():
             rows = _atom_slices(undo.get(aid) or before[0].get(aid), n)
@@ -310,6 +319,21 @@ class LayerReview:
                 fact.live = live
                 if fact.rebase is not None:
                     self.tracker.set_rebase_active(fact.rebase, live)
+
+    def _note_napari_strokes(self, seen: dict[int, Any]) -> None:
+        """A fact per napari brush stroke, fill or eraser stroke new on the undo stack.
+
+        napari records them as mask atoms (one history item per stroke); our own tools
+        write through ``data_setitem`` and record their facts themselves. The fact holds
+        the stroke's first atom, so undoing the stroke removes the tool from the record
+        like any other fact."""
+        held = {id(f.atom) for f in self.facts if f.atom is not None}
+        for item in getattr(self.layer, "_undo_history", ()):
+            first = item[0] if item else None
+            if first is None or id(first) in seen or id(first) in held:
+                continue
+            if hasattr(first, "new_value") and hasattr(first, "slice_key"):
+                self.facts.append(Fact("tool", _napari_tool(first, self.layer), first))
 
     def refresh(self, *, table: bool = True, full: bool = False) -> EditSummary:
         """Bring the edit summary (and the QC table) up to date with the layer's data.
