@@ -272,15 +272,21 @@ def run(
         )
     image = volume.image3d(reduce="mean")  # file voxel order, the source's affine
     t1 = time.perf_counter()
-    pred = engine.predict(
-        image,
-        report.sub(0.02, 0.95),
-        options,
-        # the image given to the engine is built in memory: its file's name, for messages
-        name=volume.path.name if volume.path is not None else volume.name,
-        return_probabilities=return_probabilities,
-        min_sizes=min_sizes,  # None: the model's own default (postprocess_inside engines)
-    )
+    # the image given to the engine is built in memory: its file's name, for messages
+    name = str(volume.path) if volume.path is not None else volume.name
+    try:
+        pred = engine.predict(
+            image,
+            report.sub(0.02, 0.95),
+            options,
+            name=Path(name).name,
+            return_probabilities=return_probabilities,
+            min_sizes=min_sizes,  # None: the model's own default (postprocess_inside engines)
+        )
+    except TaskError as exc:  # the engine's refusal of this image names the image
+        if name and Path(name).name not in str(exc):
+            raise type(exc)(f"{name}: {exc}") from exc
+        raise
     timings["predict_s"] = round(time.perf_counter() - t1, 3)
     report.check()
 
