@@ -169,6 +169,7 @@ def _task_help() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     from .study import commands as cohort_commands
+    from .study.clusters import add_cluster_arguments
 
     # --debug is accepted before and after the command (`spineseg --debug segment ...` or
     # `spineseg segment ... --debug`); SUPPRESS keeps a subcommand from resetting it
@@ -305,6 +306,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_sct_flags(bat, device="cpu")
     cohort_commands.add_batch_arguments(bat)
+    add_cluster_arguments(bat)
     cohort_commands.add_qc_parser(sub)
 
     demo = command("demo", help="run the demo on a synthetic phantom")
@@ -558,11 +560,17 @@ def _check_inputs(paths: Sequence[str]) -> None:
 
 
 def _cmd_batch(args, out) -> int:
-    from .batch import segment_many, summary
-    from .study.commands import terminal_progress
+    from .study.clusters import batch_client
 
     if args.task is None and args.model is None:
         raise SpinesegError("batch: give a TASK (see `spineseg tasks`) or --model FOLDER")
+    with batch_client(args, len(args.input)) as client:
+        return _segment_files(args, out, client)
+
+
+def _segment_files(args, out, client) -> int:
+    from .batch import segment_many, summary
+    from .study.commands import terminal_progress
 
     items = segment_many(
         args.input,
@@ -571,7 +579,7 @@ def _cmd_batch(args, out) -> int:
         model=args.model,
         trust=args.trust,
         device=args.device,
-        client=args.scheduler,
+        client=client,
         n_workers=args.workers,
         threads_per_worker=args.threads,
         threshold=args.threshold,

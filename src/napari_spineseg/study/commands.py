@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -65,6 +66,7 @@ def is_bids_input(args: argparse.Namespace) -> bool:
 def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
     """``--status`` or a BIDS batch; None when the input is a plain file list (cli.py's)."""
     from . import bids
+    from .clusters import batch_client
 
     if args.status:
         out.write(bids.status_table(bids.status(args.status)) + "\n")
@@ -100,7 +102,7 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
         overwrite=args.overwrite,
         settings=settings,
         device=args.device,
-        client=args.scheduler,
+        client=functools.partial(batch_client, args),
         n_workers=args.workers,
         threads_per_worker=args.threads,
         progress=progress,
@@ -181,7 +183,13 @@ def segment_bids(
     progress: Any = None,
 ) -> BidsBatchSummary:
     """Segment a BIDS dataset into ``deriv`` (default ``ROOT/derivatives/spineseg``),
-    skipping images whose masks are done with the same run key (see :mod:`.bids`)."""
+    skipping images whose masks are done with the same run key (see :mod:`.bids`).
+
+    ``client``: as :func:`~napari_spineseg.batch.segment_many`'s, or a callable that takes
+    the number of images to do and returns a context manager giving one (e.g.
+    :func:`.clusters.batch_client`): opened only when images remain to do, so a re-run of
+    a finished study submits no SLURM job.
+    """
     from .. import catalog
     from ..batch import segment_many
     from . import bids
@@ -211,27 +219,29 @@ def segment_bids(
         bids.remove_debris(plan.folder(image), bids.output_names(spec, image).values())
     if not todo:
         return BidsBatchSummary(out, skipped, [], {})
-    items = segment_many(
-        todo,
-        task,
-        out_dir=[plan.folder(i) for i in todo],
-        model=model,
-        trust=trust,
-        device=device,
-        client=client,
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        threshold=settings.get("threshold"),
-        largest=settings.get("largest"),
-        fill_holes=settings.get("fill_holes"),
-        remove_small=settings.get("remove_small"),
-        test_time_aug=bool(settings.get("test_time_aug")),
-        label_vert=bool(settings.get("label_vert")),
-        sct_compat=bool(settings.get("sct_compat")),
-        progress=progress,
-        entry_extra=[{bids.RUN_KEY: key}] * len(todo),
-        sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
-    )
+    opened = client(len(todo)) if callable(client) else contextlib.nullcontext(client)
+    with opened as client_or_address:
+        items = segment_many(
+            todo,
+            task,
+            out_dir=[plan.folder(i) for i in todo],
+            model=model,
+            trust=trust,
+            device=device,
+            client=client_or_address,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            threshold=settings.get("threshold"),
+            largest=settings.get("largest"),
+            fill_holes=settings.get("fill_holes"),
+            remove_small=settings.get("remove_small"),
+            test_time_aug=bool(settings.get("test_time_aug")),
+            label_vert=bool(settings.get("label_vert")),
+            sct_compat=bool(settings.get("sct_compat")),
+            progress=progress,
+            entry_extra=[{bids.RUN_KEY: key}] * len(todo),
+            sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
+        )
     done = [it.path.relative_to(raw).as_posix() for it in items if it.ok]
     failed = {it.path.relative_to(raw).as_posix(): str(it.error) for it in items if not it.ok}
     bids.record_failures(out, failed, done, key)
