@@ -4,6 +4,7 @@ read back by a second session, the two-reviewer warning."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -99,6 +100,9 @@ def test_cases_open_save_approve_next_and_a_new_session_finds_the_state(deriv):
     assert other.cases[0].rater == "Jane Doe" and other.cases[0].seconds > 0
     with pytest.warns(CaseOpenWarning, match=r"ses-02_T2w.nii.gz is open by Jane Doe on .*"):
         other.open(1)
+    s.close()  # Jane leaves case 1 after Max opened it: the queue still says Max has it
+    with pytest.warns(CaseOpenWarning, match=r"ses-02_T2w.nii.gz is open by Max on "):
+        CohortSession(deriv, rater="Eve").open(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a case nobody has open: no warning
         other.open(2)
@@ -137,3 +141,55 @@ def test_user_errors(deriv):
     (deriv / bids.STATE_DIR / "cohort.json").write_text("{not json")
     with pytest.raises(SpinesegError, match="cohort.json: unreadable review queue"):
         s.rows()
+
+
+# A reviewer's session in its own process: opens and closes case 0 ROUNDS times (each
+# visit lasting exactly 1 s on a fake clock) and approves case 1 + WHO, starting together
+# with the other reviewer when the GO file appears.
+REVIEWER = """
+import sys, time, warnings
+from pathlib import Path
+from napari_spineseg.study import state
+deriv, who, rounds, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+clock = iter(range(10**6))
+state.time.monotonic = lambda: float(next(clock))
+warnings.simplefilter("ignore", state.CaseOpenWarning)  # the other reviewer has it open
+s = state.CohortSession(deriv, rater=f"reviewer {who}")
+while not go.exists():
+    time.sleep(0.001)
+for i in range(rounds):
+    s.open(0)
+    s.close()
+    s.set_status(1 + who, state.STATUSES[i % 4])
+s.set_status(1 + who, "approved")
+"""
+
+
+def test_two_sessions_updating_the_queue_at_once_lose_nothing(deriv, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    go, rounds = tmp_path / "go", 25
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    reviewers = [
+        subprocess.Popen(
+            [sys.executable, "-c", REVIEWER, str(deriv), str(who), str(rounds), str(go)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in (0, 1)
+    ]
+    time.sleep(1.0)  # both sessions read the folder
+    go.touch()
+    for p in reviewers:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    s = CohortSession(deriv)
+    # every visit's second counted (a lost read-modify-write would drop some), both
+    # reviewers' last decisions kept, and no case left open
+    assert s.cases[0].seconds == 2 * rounds
+    assert [c.status for c in s.cases[1:3]] == ["approved", "approved"]
+    entries = json.loads(s.state_path.read_text())["cases"]
+    assert not any("open_by" in e for e in entries.values())
+    assert not [p.name for p in s.state_path.parent.iterdir() if "spineseg-" in p.name]

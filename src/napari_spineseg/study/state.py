@@ -2,7 +2,8 @@
 
 Why a file and not memory: a study is corrected over days and sometimes by two people.
 The queue lives in ``DERIV/.spineseg/cohort.json`` (status, rater, time spent and who has
-a case open, per image), re-read before every change and written atomically, so the next
+a case open, per image), re-read before every change and written atomically under a
+lock (read-modify-write: two sessions saving at once lose nothing), so the next
 day's session or a second reviewer picks it up, and opening a case another reviewer has
 open gives a :class:`CaseOpenWarning`.
 
@@ -168,16 +169,45 @@ class CohortSession:
             ) from None
         return data if isinstance(data, dict) and "cases" in data else {"cases": {}}
 
-    def _update(self, case: Case, **changes: Any) -> dict[str, Any]:
-        """Read the file, change one case, write it back atomically; returns its entry."""
-        data = self._read_state()
-        entry = data["cases"].setdefault(case.id, {})
-        for k, v in changes.items():
-            if v is None:
-                entry.pop(k, None)
-            else:
-                entry[k] = v
-        bids._write_json(self.state_path, data)
+    def _update(
+        self,
+        case: Case,
+        *,
+        add_seconds: float = 0.0,
+        keep_status_unless_to_do: bool = False,
+        release: bool = False,
+        **changes: Any,
+    ) -> dict[str, Any]:
+        """Change one case's entry in the file and return it: read, change, write, all
+        under the file's lock (:func:`~napari_spineseg.io.atomic.target_lock`), so two
+        sessions updating the queue at once never lose each other's changes.
+
+        ``changes``: new values (None removes the key). ``add_seconds`` is added to the
+        time spent as the file has it then; with ``keep_status_unless_to_do`` a ``status``
+        change applies only to a case still "to do" (opening a corrected case keeps it
+        corrected); ``release`` removes ``open_by`` if it is this session's (a second
+        reviewer who opened the case since keeps it).
+        """
+        from ..io.atomic import replace_locked, target_lock
+
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with target_lock(self.state_path):
+            data = self._read_state()
+            entry = data["cases"].setdefault(case.id, {})
+            if keep_status_unless_to_do and entry.get("status", "to do") != "to do":
+                changes.pop("status", None)
+            for k, v in changes.items():
+                if v is None:
+                    entry.pop(k, None)
+                else:
+                    entry[k] = v
+            held = entry.get("open_by")
+            if release and isinstance(held, dict) and held.get("session") == self.session_id:
+                del entry["open_by"]
+            if add_seconds:
+                entry["seconds"] = float(entry.get("seconds", 0.0)) + add_seconds
+            text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+            replace_locked(self.state_path, text.encode("utf-8"))
         self._apply(case, entry)
         return entry
 
@@ -234,10 +264,10 @@ class CohortSession:
                 n = int(table.flags[name].sum())
                 if n:
                     flags[name] = flags.get(name, 0) + n
-        status = entry.get("status", "to do")
         self._update(
             case,
-            status="in progress" if status == "to do" else status,
+            status="in progress",
+            keep_status_unless_to_do=True,
             open_by={
                 "rater": self.rater,
                 "host": socket.gethostname(),
@@ -256,8 +286,7 @@ class CohortSession:
             return
         case = self.current.case
         spent = time.monotonic() - self.current.opened_at
-        entry = self._read_state()["cases"].get(case.id, {})
-        self._update(case, seconds=float(entry.get("seconds", 0.0)) + spent, open_by=None)
+        self._update(case, add_seconds=spent, release=True)
         self.current = None
 
     def next(self) -> OpenCase | None:
