@@ -17,7 +17,14 @@ from napari_spineseg import __version__, sidecar
 from napari_spineseg.errors import SpinesegError
 from napari_spineseg.io import load
 from napari_spineseg.study import bids
-from napari_spineseg.study.state import CaseOpenWarning, CohortSession
+from napari_spineseg.study.state import (
+    CONFIG_ENV,
+    CaseOpenWarning,
+    CohortSession,
+    next_mark,
+    remember_rater,
+    remembered_rater,
+)
 from test_cohort_bids import segment_demo_bids
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
@@ -193,3 +200,39 @@ def test_two_sessions_updating_the_queue_at_once_lose_nothing(deriv, tmp_path):
     entries = json.loads(s.state_path.read_text())["cases"]
     assert not any("open_by" in e for e in entries.values())
     assert not [p.name for p in s.state_path.parent.iterdir() if "spineseg-" in p.name]
+
+
+def test_qc_marks_cycle_as_in_sct_and_are_kept_in_the_queue(deriv, tmp_path):
+    assert [next_mark(m) for m in ("", "pass", "fail", "artifact")] == [
+        "pass",
+        "fail",
+        "artifact",
+        "",
+    ]
+    s = CohortSession(deriv, rater="R")
+    s.mark(1, "artifact")
+    s.mark(3, "artifact")
+    s.mark(0, "fail")
+    assert [c.qc for c in CohortSession(deriv).cases] == ["fail", "artifact", "", "artifact"]
+    yml = s.write_marks_yaml(tmp_path / "qc_artifact.yml", "artifact")
+    assert yml.read_text() == "FILES_SEG:\n" + "".join(f'- "{s.cases[i].image}"\n' for i in (1, 3))
+    s.mark(0, "")
+    assert s.write_marks_yaml(tmp_path / "none.yml").read_text() == "# No rows matched\n"
+    with pytest.raises(SpinesegError, match="QC mark 'good': use one of pass, fail, artifact"):
+        s.mark(0, "good")
+
+
+def test_the_rater_is_remembered_per_user_and_a_bad_config_never_blocks(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
+    assert remembered_rater() == ""
+    remember_rater("  Jane Doe ")
+    assert remembered_rater() == "Jane Doe"
+    assert json.loads((tmp_path / "config" / "rater.json").read_text()) == {"rater": "Jane Doe"}
+    (tmp_path / "config" / "rater.json").write_text("{not json")
+    assert remembered_rater() == ""  # asked again, nothing raised
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "file" / "config"))  # cannot be created
+    remember_rater("Max")
+    assert "could not remember the rater" in caplog.text

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import socket
 import time
@@ -40,6 +41,10 @@ from . import bids
 
 STATE_JSON = "cohort.json"
 STATUSES = ("to do", "in progress", "corrected", "approved")
+#: QC marks, in the order SCT's QC report cycles them with its F key ("" is no mark)
+MARKS = ("pass", "fail", "artifact")
+#: the folder of this tool's per-user settings (the rater's name), for tests and kiosks
+CONFIG_ENV = "SPINESEG_CONFIG_DIR"
 #: a case open elsewhere for longer than this is taken as abandoned (no warning)
 STALE_OPEN_S = 12 * 3600
 
@@ -216,6 +221,8 @@ class CohortSession:
         case.rater = entry.get("rater", "")
         case.seconds = float(entry.get("seconds", 0.0))
         case.flags = dict(entry.get("flags", {}))
+        if "qc" in entry:  # marked in a session; else the QC YAML's mark stays
+            case.qc = str(entry["qc"])
 
     def _refresh_from_disk(self) -> None:
         """Take the file's state (another reviewer's changes) into ``cases``."""
@@ -366,10 +373,80 @@ class CohortSession:
             raise SpinesegError(f"status {status!r}: use one of {', '.join(STATUSES)}")
         self._update(self.cases[i], status=status)
 
+    def mark(self, i: int, mark: str) -> None:
+        """Set case ``i``'s QC mark (one of :data:`MARKS`, or "" for none), kept in the
+        queue file like its status."""
+        if mark and mark not in MARKS:
+            raise SpinesegError(f"QC mark {mark!r}: use one of {', '.join(MARKS)} (or '')")
+        self._update(self.cases[i], qc=mark)
+
+    def write_marks_yaml(self, path: str | os.PathLike, mark: str = "fail") -> Path:
+        """Write the images marked ``mark`` as a manual-correction YAML (``qc_fail.yml``:
+        one list per kind of file, as the QC report's Save Fails writes it)."""
+        from ..io.atomic import replace_file
+        from .qc_report import manual_correction_key
+
+        self._refresh_from_disk()
+        outputs = {o.suffix: o for o in self.plan.spec.outputs}
+        lists: dict[str, list[str]] = {}
+        for case in self.cases:
+            if case.qc != mark:
+                continue
+            for suffix in case.masks:
+                key = manual_correction_key(outputs[suffix]) if suffix in outputs else "FILES_SEG"
+                if str(case.image) not in lists.setdefault(key, []):
+                    lists[key].append(str(case.image))
+        text = "".join(
+            f"{key}:\n" + "".join(f"- {json.dumps(p)}\n" for p in images)
+            for key, images in lists.items()
+        )
+        return replace_file(Path(path), (text or "# No rows matched\n").encode("utf-8"))
+
     def rows(self) -> list[dict[str, Any]]:
         """The table (one dict per case), refreshed from the file."""
         self._refresh_from_disk()
         return [c.row() for c in self.cases]
+
+
+def next_mark(mark: str) -> str:
+    """The mark after ``mark`` in SCT's cycle: none -> pass -> fail -> artifact -> none."""
+    cycle = ("", *MARKS)
+    return cycle[(cycle.index(mark) + 1) % len(cycle)] if mark in cycle else MARKS[0]
+
+
+def _rater_file() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser() / "rater.json"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("napari-spineseg")) / "rater.json"
+
+
+def remembered_rater() -> str:
+    """The rater's name saved by :func:`remember_rater` ("" when none), so that the name
+    is asked once per user, not once per session."""
+    try:
+        data = json.loads(_rater_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    name = data.get("rater") if isinstance(data, dict) else None
+    return name.strip() if isinstance(name, str) else ""
+
+
+def remember_rater(name: str) -> None:
+    """Keep ``name`` in the per-user config folder (``platformdirs.user_config_dir``, or
+    ``$SPINESEG_CONFIG_DIR``). Best effort: a folder that cannot be written only means
+    the name is asked again next time, so it is logged, never raised."""
+    from ..io.atomic import replace_file
+
+    path = _rater_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"rater": name.strip()}, ensure_ascii=False) + "\n"
+        replace_file(path, payload.encode("utf-8"))
+    except (OSError, SpinesegError) as exc:
+        logging.getLogger(__name__).warning("could not remember the rater in %s: %s", path, exc)
 
 
 def _guess_deriv(images: list[Path], yaml_path: Path) -> Path:
