@@ -3,6 +3,7 @@
 :func:`run_qc`; the plain file-list batch stays in ``cli.py``.
 
     spineseg batch TASK -i BIDS_ROOT [-o DERIV] [--pattern GLOB] [--overwrite] [--qc QCDIR]
+                   [--cluster slurm --slurm-... (see clusters.py)]
     spineseg batch --status DERIV
     spineseg qc DERIV -o QCDIR
 """
