@@ -108,6 +108,7 @@ def _running_jobs(jobs: Path, wait: float = 20.0) -> list[str]:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_a_bids_study_is_segmented_by_slurm_jobs(tmp_path, fake_slurm, capsys):
     root, deriv = tmp_path / "ds", tmp_path / "deriv"
     make_bids(root, subjects=1)  # 2 images: sub-00/ses-01, sub-00/ses-02
@@ -162,6 +163,7 @@ def test_a_bids_study_is_segmented_by_slurm_jobs(tmp_path, fake_slurm, capsys):
     assert len(list(fake_slurm.glob("*.sh"))) == 2
 
 
+@pytest.mark.slow
 def test_a_file_list_gets_one_job_per_file(tmp_path, fake_slurm, capsys):
     images = make_bids(tmp_path / "ds", subjects=1)
     out = tmp_path / "masks"
@@ -253,6 +255,17 @@ def test_a_job_sbatch_refuses_is_an_error_with_its_message(fake_slurm, monkeypat
         slurm_client(SlurmResources(jobs=2, partition="nope")),
     ):
         pytest.fail("no client without jobs")
+
+
+def test_the_jobs_are_cancelled_when_the_batch_is_interrupted(fake_slurm):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        slurm_client(SlurmResources(jobs=2, interface="lo")) as client,
+    ):
+        assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        assert len(_running_jobs(fake_slurm, wait=0)) == 2
+        raise KeyboardInterrupt  # Ctrl-C in the middle of the batch
+    assert _running_jobs(fake_slurm) == []
 
 
 def test_scheduler_and_slurm_exclude_each_other():

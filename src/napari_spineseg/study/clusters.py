@@ -236,8 +236,8 @@ def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterat
         if log is not None:
             log.write(
                 f"SLURM: submitted {len(ids)} job(s) {', '.join(ids)} ({resources.cpus} "
-                f"CPU(s), {cluster._job_kwargs['memory']} each); the batch starts as they "
-                "run (squeue -u $USER)\n"
+                f"CPU(s), {resources.cluster_kwargs()['memory']} each); the batch starts as "
+                "they run (squeue -u $USER)\n"
             )
             log.flush()
         with Client(cluster) as client:
