@@ -220,6 +220,12 @@ def test_qc_marks_cycle_as_in_sct_and_are_kept_in_the_queue(deriv, tmp_path):
     assert s.write_marks_yaml(tmp_path / "none.yml").read_text() == "# No rows matched\n"
     with pytest.raises(SpinesegError, match="QC mark 'good': use one of pass, fail, artifact"):
         s.mark(0, "good")
+    # a newer triage in the QC report wins over the queue's marks, until marked again
+    (deriv.parent / "qc_fail.yml").write_text(f"FILES_SEG:\n- {s.cases[1].image}\n")
+    failed = CohortSession.open_path(deriv.parent / "qc_fail.yml")
+    assert [(c.id, c.qc) for c in failed.cases] == [(s.cases[1].id, "fail")]
+    failed.mark(0, "pass")
+    assert failed.rows()[0]["qc"] == "pass" and CohortSession(deriv).cases[1].qc == "pass"
 
 
 def test_the_rater_is_remembered_per_user_and_a_bad_config_never_blocks(

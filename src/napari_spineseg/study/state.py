@@ -132,6 +132,10 @@ class CohortSession:
             what = "the QC YAML's images" if only is not None else "this folder"
             raise SpinesegError(f"{self.deriv}: no segmented case among {what}")
         self.index: int | None = None
+        # Opened from a QC YAML: its marks are the newer triage, shown over the queue's
+        # until a case is marked again in this session.
+        self._yaml_marks = only is not None
+        self._marked_here: set[str] = set()
         self.current: OpenCase | None = None
         self._refresh_from_disk()
 
@@ -221,7 +225,7 @@ class CohortSession:
         case.rater = entry.get("rater", "")
         case.seconds = float(entry.get("seconds", 0.0))
         case.flags = dict(entry.get("flags", {}))
-        if "qc" in entry:  # marked in a session; else the QC YAML's mark stays
+        if "qc" in entry and (not self._yaml_marks or case.id in self._marked_here):
             case.qc = str(entry["qc"])
 
     def _refresh_from_disk(self) -> None:
@@ -378,6 +382,7 @@ class CohortSession:
         queue file like its status."""
         if mark and mark not in MARKS:
             raise SpinesegError(f"QC mark {mark!r}: use one of {', '.join(MARKS)} (or '')")
+        self._marked_here.add(self.cases[i].id)
         self._update(self.cases[i], qc=mark)
 
     def write_marks_yaml(self, path: str | os.PathLike, mark: str = "fail") -> Path:
