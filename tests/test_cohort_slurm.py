@@ -130,6 +130,7 @@ def test_a_bids_study_is_segmented_by_slurm_jobs(tmp_path, fake_slurm, capsys):
     out, err = capsys.readouterr()
     assert "2 segmented, 0 failed, 0 skipped" in out
     assert "SLURM: submitted 2 job(s)" in err
+    assert "[0/2] dask dashboard: http://127.0.0.1:" in err
     assert [r.state for r in bids.status(deriv)] == ["done", "done"]
 
     scripts = sorted(fake_slurm.glob("*.sh"))
@@ -235,7 +236,8 @@ def test_a_missing_dask_jobqueue_says_how_to_install_it(monkeypatch, tmp_path, c
     monkeypatch.setitem(sys.modules, "dask_jobqueue", None)  # import fails
     with pytest.raises(ClusterError, match=r"needs dask-jobqueue, which is not installed; "):
         slurm_cluster(SlurmResources(jobs=1))
-    argv = ["batch", "-i", str(tmp_path / "a.nii.gz"), "--model", MODEL, "--cluster", "slurm"]
+    argv = ["batch", "-i", str(tmp_path / "a.nii.gz"), "--model", MODEL, "--trust"]
+    argv += ["--cluster", "slurm"]
     assert cli.main(argv) == 1
     assert "pip install 'napari-spineseg[slurm]'" in capsys.readouterr().err
 
@@ -266,6 +268,19 @@ def test_the_jobs_are_cancelled_when_the_batch_is_interrupted(fake_slurm):
         assert len(_running_jobs(fake_slurm, wait=0)) == 2
         raise KeyboardInterrupt  # Ctrl-C in the middle of the batch
     assert _running_jobs(fake_slurm) == []
+
+
+def test_a_model_not_installed_is_said_before_any_job_is_submitted(
+    fake_slurm, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("SPINESEG_MODELS_DIR", str(tmp_path / "empty-store"))
+    image = make_bids(tmp_path / "ds", subjects=1, sessions=("01",))[0]
+    argv = ["batch", "lesion_sci_t2", "-i", str(image), "--cluster", "slurm"]
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "the model for task 'lesion_sci_t2' is not installed" in err
+    assert "spineseg install lesion_sci_t2" in err
+    assert list(fake_slurm.iterdir()) == []  # nothing submitted
 
 
 def test_scheduler_and_slurm_exclude_each_other():

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import SpinesegError
@@ -259,6 +260,13 @@ def batch_client(args: argparse.Namespace, n_files: int) -> Iterator[Client | st
             "batch: --scheduler and --cluster slurm both say where the workers run; "
             "give one of them"
         )
+    # What segment_many checks before starting a local cluster (model installed, custom
+    # model trusted), checked here before jobs are submitted: the jobs run as this user
+    # with this environment, so they would only find the same problem once per image.
+    from ..batch import _precheck
+
+    model = str(Path(args.model).expanduser().absolute()) if args.model else None
+    _precheck(args.task, model, bool(args.trust))
     log = None if args.quiet else sys.stderr
     with slurm_client(SlurmResources.from_args(args, n_files), log) as client:
         yield client
