@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from napari_spineseg import cli
+from napari_spineseg.batch import RETRIES_AFTER_WORKER_DEATH
 from napari_spineseg.study import bids
 from napari_spineseg.study.clusters import (
     ClusterError,
@@ -265,6 +266,9 @@ def test_the_jobs_are_cancelled_when_the_batch_is_interrupted(fake_slurm):
         slurm_client(SlurmResources(jobs=2, interface="lo")) as client,
     ):
         assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+        # an image whose worker dies (memory, walltime) is run once more, then reported
+        retries = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures)
+        assert retries == RETRIES_AFTER_WORKER_DEATH == 1
         assert len(_running_jobs(fake_slurm, wait=0)) == 2
         raise KeyboardInterrupt  # Ctrl-C in the middle of the batch
     assert _running_jobs(fake_slurm) == []
