@@ -287,6 +287,12 @@ def test_a_model_not_installed_is_said_before_any_job_is_submitted(
     assert list(fake_slurm.iterdir()) == []  # nothing submitted
 
 
+def test_a_memory_size_dask_cannot_read_names_the_option(fake_slurm):
+    with pytest.raises(ClusterError, match=r"'lots' as a byte unit; check the --slurm-\* values"):
+        slurm_cluster(SlurmResources(jobs=1, memory="lots"))
+    assert list(fake_slurm.iterdir()) == []
+
+
 def test_scheduler_and_slurm_exclude_each_other():
     argv = ["batch", "-i", "a.nii.gz", "--model", "m", "--cluster", "slurm"]
     args = cli._parser().parse_args([*argv, "--scheduler", "tcp://h:8786"])

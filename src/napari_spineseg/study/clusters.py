@@ -194,7 +194,10 @@ def slurm_cluster(resources: SlurmResources):
         with dask.config.set(allowed):  # read once, when the scheduler starts
             return SLURMCluster(**resources.cluster_kwargs())
     except ValueError as exc:  # e.g. a memory size dask cannot read
-        raise ClusterError(f"--cluster slurm: {exc}") from exc
+        raise ClusterError(
+            f"--cluster slurm: {exc}; check the --slurm-* values (--slurm-memory takes a "
+            "size such as 16GB)"
+        ) from exc
 
 
 def submit_jobs(cluster, jobs: int) -> list[str]:
