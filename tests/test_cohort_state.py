@@ -4,6 +4,7 @@ read back by a second session, the two-reviewer warning."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -16,7 +17,14 @@ from napari_spineseg import __version__, sidecar
 from napari_spineseg.errors import SpinesegError
 from napari_spineseg.io import load
 from napari_spineseg.study import bids
-from napari_spineseg.study.state import CaseOpenWarning, CohortSession
+from napari_spineseg.study.state import (
+    CONFIG_ENV,
+    CaseOpenWarning,
+    CohortSession,
+    next_mark,
+    remember_rater,
+    remembered_rater,
+)
 from test_cohort_bids import segment_demo_bids
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
@@ -99,6 +107,9 @@ def test_cases_open_save_approve_next_and_a_new_session_finds_the_state(deriv):
     assert other.cases[0].rater == "Jane Doe" and other.cases[0].seconds > 0
     with pytest.warns(CaseOpenWarning, match=r"ses-02_T2w.nii.gz is open by Jane Doe on .*"):
         other.open(1)
+    s.close()  # Jane leaves case 1 after Max opened it: the queue still says Max has it
+    with pytest.warns(CaseOpenWarning, match=r"ses-02_T2w.nii.gz is open by Max on "):
+        CohortSession(deriv, rater="Eve").open(1)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a case nobody has open: no warning
         other.open(2)
@@ -137,3 +148,97 @@ def test_user_errors(deriv):
     (deriv / bids.STATE_DIR / "cohort.json").write_text("{not json")
     with pytest.raises(SpinesegError, match="cohort.json: unreadable review queue"):
         s.rows()
+
+
+# A reviewer's session in its own process: opens and closes case 0 ROUNDS times (each
+# visit lasting exactly 1 s on a fake clock) and approves case 1 + WHO, starting together
+# with the other reviewer when the GO file appears.
+REVIEWER = """
+import sys, time, warnings
+from pathlib import Path
+from napari_spineseg.study import state
+deriv, who, rounds, go = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+clock = iter(range(10**6))
+state.time.monotonic = lambda: float(next(clock))
+warnings.simplefilter("ignore", state.CaseOpenWarning)  # the other reviewer has it open
+s = state.CohortSession(deriv, rater=f"reviewer {who}")
+while not go.exists():
+    time.sleep(0.001)
+for i in range(rounds):
+    s.open(0)
+    s.close()
+    s.set_status(1 + who, state.STATUSES[i % 4])
+s.set_status(1 + who, "approved")
+"""
+
+
+def test_two_sessions_updating_the_queue_at_once_lose_nothing(deriv, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    go, rounds = tmp_path / "go", 25
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    reviewers = [
+        subprocess.Popen(
+            [sys.executable, "-c", REVIEWER, str(deriv), str(who), str(rounds), str(go)],
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for who in (0, 1)
+    ]
+    time.sleep(1.0)  # both sessions read the folder
+    go.touch()
+    for p in reviewers:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    s = CohortSession(deriv)
+    # every visit's second counted (a lost read-modify-write would drop some), both
+    # reviewers' last decisions kept, and no case left open
+    assert s.cases[0].seconds == 2 * rounds
+    assert [c.status for c in s.cases[1:3]] == ["approved", "approved"]
+    entries = json.loads(s.state_path.read_text())["cases"]
+    assert not any("open_by" in e for e in entries.values())
+    assert not [p.name for p in s.state_path.parent.iterdir() if "spineseg-" in p.name]
+
+
+def test_qc_marks_cycle_as_in_sct_and_are_kept_in_the_queue(deriv, tmp_path):
+    assert [next_mark(m) for m in ("", "pass", "fail", "artifact")] == [
+        "pass",
+        "fail",
+        "artifact",
+        "",
+    ]
+    s = CohortSession(deriv, rater="R")
+    s.mark(1, "artifact")
+    s.mark(3, "artifact")
+    s.mark(0, "fail")
+    assert [c.qc for c in CohortSession(deriv).cases] == ["fail", "artifact", "", "artifact"]
+    yml = s.write_marks_yaml(tmp_path / "qc_artifact.yml", "artifact")
+    assert yml.read_text() == "FILES_SEG:\n" + "".join(f'- "{s.cases[i].image}"\n' for i in (1, 3))
+    s.mark(0, "")
+    assert s.write_marks_yaml(tmp_path / "none.yml").read_text() == "# No rows matched\n"
+    with pytest.raises(SpinesegError, match="QC mark 'good': use one of pass, fail, artifact"):
+        s.mark(0, "good")
+    # a newer triage in the QC report wins over the queue's marks, until marked again
+    (deriv.parent / "qc_fail.yml").write_text(f"FILES_SEG:\n- {s.cases[1].image}\n")
+    failed = CohortSession.open_path(deriv.parent / "qc_fail.yml")
+    assert [(c.id, c.qc) for c in failed.cases] == [(s.cases[1].id, "fail")]
+    failed.mark(0, "pass")
+    assert failed.rows()[0]["qc"] == "pass" and CohortSession(deriv).cases[1].qc == "pass"
+
+
+def test_the_rater_is_remembered_per_user_and_a_bad_config_never_blocks(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
+    assert remembered_rater() == ""
+    remember_rater("  Jane Doe ")
+    assert remembered_rater() == "Jane Doe"
+    assert json.loads((tmp_path / "config" / "rater.json").read_text()) == {"rater": "Jane Doe"}
+    (tmp_path / "config" / "rater.json").write_text("{not json")
+    assert remembered_rater() == ""  # asked again, nothing raised
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "file" / "config"))  # cannot be created
+    remember_rater("Max")
+    assert "could not remember the rater" in caplog.text

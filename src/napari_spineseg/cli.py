@@ -174,6 +174,7 @@ def _task_help() -> str:
 
 def _parser() -> argparse.ArgumentParser:
     from .study import commands as cohort_commands
+    from .study.clusters import add_cluster_arguments
 
     # --debug is accepted before and after the command (`spineseg --debug segment ...` or
     # `spineseg segment ... --debug`); SUPPRESS keeps a subcommand from resetting it
@@ -310,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_sct_flags(bat, device="cpu")
     cohort_commands.add_batch_arguments(bat)
+    add_cluster_arguments(bat)
     cohort_commands.add_qc_parser(sub)
 
     demo = command("demo", help="run the demo on a synthetic phantom")
@@ -578,17 +580,24 @@ def run_options_from_args(args: argparse.Namespace) -> RunOptions:
 
 
 def _cmd_batch(args, out) -> int:
-    from .batch import segment_many, summary
-    from .study.commands import terminal_progress
+    from .study.clusters import batch_client
 
     if args.task is None and args.model is None:
         raise SpinesegError("batch: give a TASK (see `spineseg tasks`) or --model FOLDER")
+    options = run_options_from_args(args)  # a bad option fails before any job is submitted
+    with batch_client(args, len(args.input)) as client:
+        return _segment_files(args, out, client, options)
+
+
+def _segment_files(args, out, client, options: RunOptions) -> int:
+    from .batch import segment_many, summary
+    from .study.commands import terminal_progress
 
     items = segment_many(
         args.input,
         out_dir=args.output,
-        options=run_options_from_args(args),
-        client=args.scheduler,
+        options=options,
+        client=client,
         n_workers=args.workers,
         threads_per_worker=args.threads,
         progress=None if args.quiet else terminal_progress(),

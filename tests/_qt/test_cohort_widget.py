@@ -13,13 +13,20 @@ import pytest
 
 import napari_spineseg
 from napari_spineseg import sidecar
-from napari_spineseg._qt.cohort_widget import COLUMNS
+from napari_spineseg._qt.cohort_widget import COLUMNS, FIT_COLUMNS, CohortWidget
 from napari_spineseg.io import load
 from napari_spineseg.study import bids
-from napari_spineseg.study.state import CohortSession
+from napari_spineseg.study.qc_report import read_marks_yaml
+from napari_spineseg.study.state import CONFIG_ENV, CohortSession
 from test_cohort_bids import segment_demo_bids
 
 distributed = pytest.importorskip("distributed", reason="the batch extra is not installed")
+
+
+@pytest.fixture(autouse=True)
+def _own_config(tmp_path, monkeypatch):
+    """The remembered rater in a folder of the test's, never the user's config."""
+    monkeypatch.setenv(CONFIG_ENV, str(tmp_path / "config"))
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +125,67 @@ def test_a_thousand_cases_fill_the_table_quickly(viewer, deriv):
     took = time.perf_counter() - t0
     assert w.table.rowCount() == 1000
     assert took < 2.0, f"filling 1000 rows took {took:.2f} s"
+
+
+def test_the_rater_is_asked_once_and_remembered_for_the_next_session(viewer, deriv):
+    w = napari_spineseg.cohort(viewer, deriv)
+    assert w.rater.text() == ""  # nobody remembered yet
+    asked = []
+    w.ask_rater = lambda: asked.append("asked") or "Ann Rater"
+    cord = viewer.layers[1]
+    _paint(cord, np.argwhere(np.asarray(cord.data) == 0)[0], 1)
+    (mask,) = w.save()
+    w.approve()
+    assert asked == ["asked"] and _manual(mask)[0]["Author"] == "Ann Rater"
+
+    again = CohortWidget(viewer)  # tomorrow's session: the name is there, nothing asked
+    again.ask_rater = lambda: pytest.fail("the rater was asked again")
+    assert again.rater.text() == "Ann Rater"
+    again.load(deriv)
+    assert again.session.rater == "Ann Rater"
+
+
+def test_every_column_fits_the_docked_table_and_keys_mark_like_sct_qc(
+    make_gl_viewer, deriv, qtbot, tmp_path
+):
+    from qtpy.QtCore import Qt
+
+    viewer = make_gl_viewer(show=True)
+    viewer.window._qt_window.resize(1500, 900)
+    w = napari_spineseg.cohort(viewer, deriv, rater="Jane Doe")  # docked as the menu does
+    w.dock.raise_()
+    qtbot.wait(300)
+    t = w.table
+    assert t.horizontalScrollBar().maximum() == 0 and t.viewport().width() > 0
+    font = t.fontMetrics()
+    for c, key in enumerate(COLUMNS):
+        left, width = t.columnViewportPosition(c), t.columnWidth(c)
+        assert left >= 0 and left + width <= t.viewport().width(), key
+        assert width >= 24, key
+        if key in FIT_COLUMNS:  # never elided
+            for r in range(t.rowCount()):
+                assert font.horizontalAdvance(t.item(r, c).text()) < width, (key, r)
+        else:  # elided, the full text on hover
+            assert t.item(0, c).toolTip() == str(w.session.rows()[0][key])
+
+    # SCT's QC keys on the table: F cycles pass -> fail -> artifact -> none, Enter opens
+    row = next(r for r in range(t.rowCount()) if w._case_at(r) == 2)
+    t.setFocus()
+    t.setCurrentCell(row, 0)
+    qc = COLUMNS.index("qc")
+    seen = []
+    for _ in range(4):
+        qtbot.keyClick(t, Qt.Key.Key_F)
+        seen.append(w.session.cases[2].qc)
+    assert seen == ["pass", "fail", "artifact", ""]
+    qtbot.keyClick(t, Qt.Key.Key_F)
+    qtbot.keyClick(t, Qt.Key.Key_F)
+    assert t.item(t.currentRow(), qc).text() == "fail" and w._case_at(t.currentRow()) == 2
+    qtbot.keyClick(t, Qt.Key.Key_Return)
+    assert w.session.index == 2 and viewer.layers[0].name == "sub-01_ses-01_T2w"
+
+    # the mark is in the queue file, and exports as SCT's qc_fail.yml
+    assert CohortSession(deriv).cases[2].qc == "fail"
+    yml = w.session.write_marks_yaml(tmp_path / "qc_fail.yml")
+    assert read_marks_yaml(yml) == {"FILES_SEG": [str(w.session.cases[2].image)]}
+    assert [c.id for c in CohortSession.open_path(yml).cases] == [w.session.cases[2].id]

@@ -7,7 +7,12 @@ the image and its masks (the unsaved-edits prompt of the Review panel comes firs
 docks the Review panel on them: its table, flags, tools and Save button work as for one
 image, except that saving writes into the derivatives (same file name, previous version
 kept) with the manual-correction entry. Keys (viewer): Alt+→ next, Alt+← previous,
-Alt+A approve (saves first when there are edits).
+Alt+A approve (saves first when there are edits). Keys (table, as in SCT's QC report):
+↑/↓ move, F cycles the row's QC mark (pass → fail → artifact → none), Enter opens it.
+
+The rater's name is asked once and remembered for the next sessions (per user). Every
+column fits the dock's width: the short ones sized to their contents, the long ones
+(flags, rater, image, outputs) sharing the rest, elided, with the full text as tooltip.
 
 Notebook: ``s = napari_spineseg.cohort(viewer, "derivatives/spineseg")`` returns this
 widget: ``s.cases``, ``s.open(i)``, ``s.next()``, ``s.previous()``, ``s.save()``,
@@ -23,10 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, QObject, Qt
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
+    QHeaderView,
     QInputDialog,
     QLabel,
     QLineEdit,
@@ -39,7 +45,14 @@ from qtpy.QtWidgets import (
 
 from ..correction.review import spineseg_meta
 from ..errors import SpinesegError
-from ..study.state import Case, CaseOpenWarning, CohortSession
+from ..study.state import (
+    Case,
+    CaseOpenWarning,
+    CohortSession,
+    next_mark,
+    remember_rater,
+    remembered_rater,
+)
 from .session import PLUGIN, REVIEW_WIDGET
 from .workers import notify_error
 
@@ -49,6 +62,14 @@ if TYPE_CHECKING:  # pragma: no cover
 COHORT_WIDGET = "Cohort review"
 COLUMNS = ("#", "subject", "session", "status", "qc", "flags", "rater", "time", "image", "outputs")
 KEYS = {"next": "Alt-Right", "previous": "Alt-Left", "approve": "Alt-A"}
+#: header labels where the key is longer than the values under it
+HEADERS = {"subject": "sub", "session": "ses", "qc": "QC"}
+#: columns sized to their contents; the others share the rest of the width, elided
+FIT_COLUMNS = ("#", "subject", "session", "status", "qc", "time")
+#: the narrowest an elided column gets (the table's minimum width keeps it so)
+ELIDED_MIN_WIDTH = 64
+#: rows read to size a column (all of them would stall the table of a large cohort)
+SIZE_FROM_ROWS = 200
 
 
 class CohortWidget(QWidget):
@@ -75,12 +96,14 @@ class CohortWidget(QWidget):
         lay.addWidget(self.info)
         row = QHBoxLayout()
         row.addWidget(QLabel("Rater:"))
-        self.rater = QLineEdit()
+        self.rater = QLineEdit(remembered_rater())
         self.rater.setPlaceholderText("Firstname Lastname (recorded in the sidecars)")
         row.addWidget(self.rater)
         lay.addLayout(row)
         self.table = QTableWidget(0, len(COLUMNS))
-        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setHorizontalHeaderLabels([HEADERS.get(c, c) for c in COLUMNS])
+        self._fit_to_width()
+        self.table.installEventFilter(self)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
@@ -104,6 +127,58 @@ class CohortWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         lay.addWidget(self.status)
+
+    def _fit_to_width(self) -> None:
+        """Every column visible, no horizontal scrolling (see the module docstring)."""
+        table, header = self.table, self.table.horizontalHeader()
+        table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        table.setWordWrap(False)  # one line per case: long values elide, never wrap
+        header.setResizeContentsPrecision(SIZE_FROM_ROWS)
+        header.setMinimumSectionSize(24)
+        for c, key in enumerate(COLUMNS):
+            mode = (
+                QHeaderView.ResizeMode.Fixed
+                if key in FIT_COLUMNS
+                else QHeaderView.ResizeMode.Stretch
+            )
+            header.setSectionResizeMode(c, mode)
+
+    def _size_columns(self) -> None:
+        """Fit columns to their contents; the table asks for the width they need."""
+        fixed = 0
+        for c, key in enumerate(COLUMNS):
+            if key in FIT_COLUMNS:
+                self.table.resizeColumnToContents(c)
+                fixed += self.table.columnWidth(c)
+        elided = (len(COLUMNS) - len(FIT_COLUMNS)) * ELIDED_MIN_WIDTH
+        chrome = 2 * self.table.frameWidth() + self.table.verticalScrollBar().sizeHint().width()
+        self.table.setMinimumWidth(fixed + elided + chrome)
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt's name)
+        """The table's keys of SCT's QC report: F cycles the mark, Enter opens the row."""
+        if obj is self.table and event.type() == QEvent.Type.KeyPress and self.session:
+            row = self.table.currentRow()
+            if row >= 0 and event.key() == Qt.Key.Key_F:
+                self._guard(lambda: self.cycle_mark(self._case_at(row)))
+                return True
+            if row >= 0 and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+                self._guard(lambda: self.open(self._case_at(row)))
+                return True
+        return super().eventFilter(obj, event)
+
+    def cycle_mark(self, i: int) -> str:
+        """Case ``i``'s next QC mark (none → pass → fail → artifact → none), kept in the
+        queue; returns it."""
+        session = self._require()
+        mark = next_mark(session.cases[i].qc)
+        session.mark(i, mark)
+        self.refresh_table()
+        for r in range(self.table.rowCount()):
+            if self._case_at(r) == i:
+                self.table.setCurrentCell(r, COLUMNS.index("qc"))
+        self.status.setText(f"{session.cases[i].id}: QC mark {mark or 'none'}")
+        return mark
 
     def _key_handler(self, action: str):
         def handler(_viewer: Any = None) -> None:
@@ -150,12 +225,13 @@ class CohortWidget(QWidget):
         for r, row in enumerate(rows):
             for c, key in enumerate(COLUMNS):
                 item = QTableWidgetItem()
-                item.setData(Qt.ItemDataRole.DisplayRole, r + 1 if c == 0 else str(row[key]))
+                item.setData(Qt.ItemDataRole.DisplayRole, r + 1 if c == 0 else _shown(key, row))
                 item.setData(Qt.ItemDataRole.UserRole, r)
+                if key not in FIT_COLUMNS:  # elided in the table: the full text on hover
+                    item.setToolTip(str(row[key]))
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
-        if len(rows) <= 200:  # sizing to contents reads every row: not for big cohorts
-            self.table.resizeColumnsToContents()
+        self._size_columns()
         self._select_current()
 
     def _case_at(self, table_row: int) -> int:
@@ -300,6 +376,8 @@ class CohortWidget(QWidget):
             if not name:
                 raise SpinesegError("saving a correction needs the rater's name (Rater field)")
             self.rater.setText(name)
+        if name != remembered_rater():
+            remember_rater(name)  # asked once: the next session starts with it
         self._require().rater = name
         return name
 
@@ -365,3 +443,14 @@ def cohort(
     widget.load(path, rater=rater, deriv=str(deriv) if deriv else None)
     widget.open(0)
     return widget
+
+
+def _shown(key: str, row: dict[str, Any]) -> str:
+    """A table cell's text: the image name without the subject and session entities,
+    which have their own columns (``sub-01_ses-02_acq-sag_T2w.nii.gz`` -> ``acq-sag_T2w
+    .nii.gz``), so that the narrow column shows what tells a subject's images apart."""
+    text = str(row[key])
+    if key == "image":
+        session = f"ses-{row['session']}_" if row["session"] else ""
+        text = text.removeprefix(f"sub-{row['subject']}_{session}")
+    return text

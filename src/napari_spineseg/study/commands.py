@@ -3,6 +3,7 @@
 :func:`run_qc`; the plain file-list batch stays in ``cli.py``.
 
     spineseg batch TASK -i BIDS_ROOT [-o DERIV] [--pattern GLOB] [--overwrite] [--qc QCDIR]
+                   [--cluster slurm --slurm-... (see clusters.py)]
     spineseg batch --status DERIV
     spineseg qc DERIV -o QCDIR
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -68,6 +70,7 @@ def is_bids_input(args: argparse.Namespace) -> bool:
 def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
     """``--status`` or a BIDS batch; None when the input is a plain file list (cli.py's)."""
     from . import bids
+    from .clusters import batch_client
 
     if args.status:
         out.write(bids.status_table(bids.status(args.status)) + "\n")
@@ -92,7 +95,7 @@ def run_batch(args: argparse.Namespace, out: TextIO) -> int | None:
         pattern=args.pattern,
         overwrite=args.overwrite,
         options=run_options_from_args(args),
-        client=args.scheduler,
+        client=functools.partial(batch_client, args),
         n_workers=args.workers,
         threads_per_worker=args.threads,
         progress=progress,
@@ -193,6 +196,11 @@ def segment_bids(
 
     The run is ``options`` with ``task``, ``model``, ``trust`` and ``device`` overriding
     it where given (as :func:`napari_spineseg.batch.segment_many`, which runs it).
+
+    ``client``: as :func:`~napari_spineseg.batch.segment_many`'s, or a callable that takes
+    the number of images to do and returns a context manager giving one (e.g.
+    :func:`.clusters.batch_client`): opened only when images remain to do, so a re-run of
+    a finished study submits no SLURM job.
     """
     from .. import catalog
     from ..batch import segment_many
@@ -229,17 +237,19 @@ def segment_bids(
         bids.remove_debris(plan.folder(image), bids.output_names(spec, image).values())
     if not todo:
         return BidsBatchSummary(out, skipped, [], {})
-    items = segment_many(
-        todo,
-        out_dir=[plan.folder(i) for i in todo],
-        options=opts,
-        client=client,
-        n_workers=n_workers,
-        threads_per_worker=threads_per_worker,
-        progress=progress,
-        entry_extra=[{bids.RUN_KEY: key}] * len(todo),
-        sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
-    )
+    opened = client(len(todo)) if callable(client) else contextlib.nullcontext(client)
+    with opened as client_or_address:
+        items = segment_many(
+            todo,
+            out_dir=[plan.folder(i) for i in todo],
+            options=opts,
+            client=client_or_address,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            progress=progress,
+            entry_extra=[{bids.RUN_KEY: key}] * len(todo),
+            sidecar_extra=[{"Sources": [bids.source_uri(raw, i)]} for i in todo],
+        )
     done = [it.path.relative_to(raw).as_posix() for it in items if it.ok]
     failed = {it.path.relative_to(raw).as_posix(): str(it.error) for it in items if not it.ok}
     bids.record_failures(out, failed, done, key)

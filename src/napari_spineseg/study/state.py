@@ -2,7 +2,8 @@
 
 Why a file and not memory: a study is corrected over days and sometimes by two people.
 The queue lives in ``DERIV/.spineseg/cohort.json`` (status, rater, time spent and who has
-a case open, per image), re-read before every change and written atomically, so the next
+a case open, per image), re-read before every change and written atomically under a
+lock (read-modify-write: two sessions saving at once lose nothing), so the next
 day's session or a second reviewer picks it up, and opening a case another reviewer has
 open gives a :class:`CaseOpenWarning`.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import socket
 import time
@@ -39,6 +41,10 @@ from . import bids
 
 STATE_JSON = "cohort.json"
 STATUSES = ("to do", "in progress", "corrected", "approved")
+#: QC marks, in the order SCT's QC report cycles them with its F key ("" is no mark)
+MARKS = ("pass", "fail", "artifact")
+#: the folder of this tool's per-user settings (the rater's name), for tests and kiosks
+CONFIG_ENV = "SPINESEG_CONFIG_DIR"
 #: a case open elsewhere for longer than this is taken as abandoned (no warning)
 STALE_OPEN_S = 12 * 3600
 
@@ -126,6 +132,10 @@ class CohortSession:
             what = "the QC YAML's images" if only is not None else "this folder"
             raise SpinesegError(f"{self.deriv}: no segmented case among {what}")
         self.index: int | None = None
+        # Opened from a QC YAML: its marks are the newer triage, shown over the queue's
+        # until a case is marked again in this session.
+        self._yaml_marks = only is not None
+        self._marked_here: set[str] = set()
         self.current: OpenCase | None = None
         self._refresh_from_disk()
 
@@ -168,16 +178,45 @@ class CohortSession:
             ) from None
         return data if isinstance(data, dict) and "cases" in data else {"cases": {}}
 
-    def _update(self, case: Case, **changes: Any) -> dict[str, Any]:
-        """Read the file, change one case, write it back atomically; returns its entry."""
-        data = self._read_state()
-        entry = data["cases"].setdefault(case.id, {})
-        for k, v in changes.items():
-            if v is None:
-                entry.pop(k, None)
-            else:
-                entry[k] = v
-        bids._write_json(self.state_path, data)
+    def _update(
+        self,
+        case: Case,
+        *,
+        add_seconds: float = 0.0,
+        keep_status_unless_to_do: bool = False,
+        release: bool = False,
+        **changes: Any,
+    ) -> dict[str, Any]:
+        """Change one case's entry in the file and return it: read, change, write, all
+        under the file's lock (:func:`~napari_spineseg.io.atomic.target_lock`), so two
+        sessions updating the queue at once never lose each other's changes.
+
+        ``changes``: new values (None removes the key). ``add_seconds`` is added to the
+        time spent as the file has it then; with ``keep_status_unless_to_do`` a ``status``
+        change applies only to a case still "to do" (opening a corrected case keeps it
+        corrected); ``release`` removes ``open_by`` if it is this session's (a second
+        reviewer who opened the case since keeps it).
+        """
+        from ..io.atomic import replace_locked, target_lock
+
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        with target_lock(self.state_path):
+            data = self._read_state()
+            entry = data["cases"].setdefault(case.id, {})
+            if keep_status_unless_to_do and entry.get("status", "to do") != "to do":
+                changes.pop("status", None)
+            for k, v in changes.items():
+                if v is None:
+                    entry.pop(k, None)
+                else:
+                    entry[k] = v
+            held = entry.get("open_by")
+            if release and isinstance(held, dict) and held.get("session") == self.session_id:
+                del entry["open_by"]
+            if add_seconds:
+                entry["seconds"] = float(entry.get("seconds", 0.0)) + add_seconds
+            text = json.dumps(data, indent=4, ensure_ascii=False) + "\n"
+            replace_locked(self.state_path, text.encode("utf-8"))
         self._apply(case, entry)
         return entry
 
@@ -186,6 +225,8 @@ class CohortSession:
         case.rater = entry.get("rater", "")
         case.seconds = float(entry.get("seconds", 0.0))
         case.flags = dict(entry.get("flags", {}))
+        if "qc" in entry and (not self._yaml_marks or case.id in self._marked_here):
+            case.qc = str(entry["qc"])
 
     def _refresh_from_disk(self) -> None:
         """Take the file's state (another reviewer's changes) into ``cases``."""
@@ -234,10 +275,10 @@ class CohortSession:
                 n = int(table.flags[name].sum())
                 if n:
                     flags[name] = flags.get(name, 0) + n
-        status = entry.get("status", "to do")
         self._update(
             case,
-            status="in progress" if status == "to do" else status,
+            status="in progress",
+            keep_status_unless_to_do=True,
             open_by={
                 "rater": self.rater,
                 "host": socket.gethostname(),
@@ -256,8 +297,7 @@ class CohortSession:
             return
         case = self.current.case
         spent = time.monotonic() - self.current.opened_at
-        entry = self._read_state()["cases"].get(case.id, {})
-        self._update(case, seconds=float(entry.get("seconds", 0.0)) + spent, open_by=None)
+        self._update(case, add_seconds=spent, release=True)
         self.current = None
 
     def next(self) -> OpenCase | None:
@@ -337,10 +377,81 @@ class CohortSession:
             raise SpinesegError(f"status {status!r}: use one of {', '.join(STATUSES)}")
         self._update(self.cases[i], status=status)
 
+    def mark(self, i: int, mark: str) -> None:
+        """Set case ``i``'s QC mark (one of :data:`MARKS`, or "" for none), kept in the
+        queue file like its status."""
+        if mark and mark not in MARKS:
+            raise SpinesegError(f"QC mark {mark!r}: use one of {', '.join(MARKS)} (or '')")
+        self._marked_here.add(self.cases[i].id)
+        self._update(self.cases[i], qc=mark)
+
+    def write_marks_yaml(self, path: str | os.PathLike, mark: str = "fail") -> Path:
+        """Write the images marked ``mark`` as a manual-correction YAML (``qc_fail.yml``:
+        one list per kind of file, as the QC report's Save Fails writes it)."""
+        from ..io.atomic import replace_file
+        from .qc_report import manual_correction_key
+
+        self._refresh_from_disk()
+        outputs = {o.suffix: o for o in self.plan.spec.outputs}
+        lists: dict[str, list[str]] = {}
+        for case in self.cases:
+            if case.qc != mark:
+                continue
+            for suffix in case.masks:
+                key = manual_correction_key(outputs[suffix]) if suffix in outputs else "FILES_SEG"
+                if str(case.image) not in lists.setdefault(key, []):
+                    lists[key].append(str(case.image))
+        text = "".join(
+            f"{key}:\n" + "".join(f"- {json.dumps(p)}\n" for p in images)
+            for key, images in lists.items()
+        )
+        return replace_file(Path(path), (text or "# No rows matched\n").encode("utf-8"))
+
     def rows(self) -> list[dict[str, Any]]:
         """The table (one dict per case), refreshed from the file."""
         self._refresh_from_disk()
         return [c.row() for c in self.cases]
+
+
+def next_mark(mark: str) -> str:
+    """The mark after ``mark`` in SCT's cycle: none -> pass -> fail -> artifact -> none."""
+    cycle = ("", *MARKS)
+    return cycle[(cycle.index(mark) + 1) % len(cycle)] if mark in cycle else MARKS[0]
+
+
+def _rater_file() -> Path:
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env).expanduser() / "rater.json"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("napari-spineseg")) / "rater.json"
+
+
+def remembered_rater() -> str:
+    """The rater's name saved by :func:`remember_rater` ("" when none), so that the name
+    is asked once per user, not once per session."""
+    try:
+        data = json.loads(_rater_file().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    name = data.get("rater") if isinstance(data, dict) else None
+    return name.strip() if isinstance(name, str) else ""
+
+
+def remember_rater(name: str) -> None:
+    """Keep ``name`` in the per-user config folder (``platformdirs.user_config_dir``, or
+    ``$SPINESEG_CONFIG_DIR``). Best effort: a folder that cannot be written only means
+    the name is asked again next time, so it is logged, never raised."""
+    from ..io.atomic import replace_file
+
+    path = _rater_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        payload = json.dumps({"rater": name.strip()}, ensure_ascii=False) + "\n"
+        replace_file(path, payload.encode("utf-8"))
+    except (OSError, SpinesegError) as exc:
+        logging.getLogger(__name__).warning("could not remember the rater in %s: %s", path, exc)
 
 
 def _guess_deriv(images: list[Path], yaml_path: Path) -> Path:

@@ -1,0 +1,278 @@
+"""Where ``spineseg batch`` runs its workers: local processes, a running dask scheduler
+(``--scheduler``), or SLURM jobs (``--cluster slurm``, through dask-jobqueue).
+
+With ``--cluster slurm`` this process (on the login node) runs the dask scheduler and
+submits ``--workers`` jobs with ``sbatch``; each job starts one dask worker that segments
+one file at a time with ``--threads`` CPUs (``#SBATCH --cpus-per-task``), keeping its model
+loaded between files, exactly as a local worker does (:mod:`napari_spineseg.batch`). The
+jobs are cancelled (``scancel``) when the batch ends, however it ends. Resources not
+given on the command line come from dask-jobqueue's configuration
+(``~/.config/dask/jobqueue.yaml``, section ``jobqueue.slurm``), then from the defaults
+here. A file whose worker dies (killed at the job's memory or walltime limit) is run once
+more, then reported failed, as on the local cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ..errors import SpinesegError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distributed import Client
+
+__all__ = ["ClusterError", "SlurmResources", "add_cluster_arguments", "batch_client"]
+
+SLURM_INSTALL_HINT = "pip install 'napari-spineseg[slurm]'"
+# Jobs submitted when --workers is not given (never more than there are files to do).
+DEFAULT_SLURM_JOBS = 10
+# Memory of a job when neither --slurm-memory nor jobqueue.slurm.memory says: one worker
+# holding an nnU-Net model, one image and its prediction, with room to spare.
+DEFAULT_SLURM_MEMORY = "8GB"
+JOB_NAME = "spineseg"
+
+
+class ClusterError(SpinesegError):
+    """A cluster that cannot be started as asked (the message says why and the fix)."""
+
+
+def add_cluster_arguments(bat: argparse.ArgumentParser) -> None:
+    """``--cluster`` and the SLURM resources of ``spineseg batch``."""
+    group = bat.add_argument_group(
+        "SLURM cluster (--cluster slurm; needs dask-jobqueue: " + SLURM_INSTALL_HINT + ")"
+    )
+    group.add_argument(
+        "--cluster",
+        choices=("local", "slurm"),
+        default="local",
+        help="where the workers run: local processes (default), or SLURM jobs submitted "
+        "with sbatch from this machine (a login node). With slurm, --workers is the number "
+        f"of jobs (default: one per file, at most {DEFAULT_SLURM_JOBS}), each one worker "
+        "segmenting one file at a time with --threads CPUs",
+    )
+    group.add_argument(
+        "--slurm-partition", metavar="NAME", help="partition (queue) of the jobs (#SBATCH -p)"
+    )
+    group.add_argument(
+        "--slurm-account", metavar="NAME", help="account charged for the jobs (#SBATCH -A)"
+    )
+    group.add_argument(
+        "--slurm-memory",
+        metavar="SIZE",
+        help=f"memory of each job (#SBATCH --mem; default {DEFAULT_SLURM_MEMORY}); a worker "
+        "above it is restarted and its file run once more",
+    )
+    group.add_argument(
+        "--slurm-walltime",
+        metavar="HH:MM:SS",
+        help="time limit of each job (#SBATCH -t; default dask-jobqueue's, 00:30:00); a "
+        "file still running at the limit is run once more on another job",
+    )
+    group.add_argument(
+        "--slurm-option",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="an extra #SBATCH line, repeatable: --slurm-option=--gres=gpu:1 "
+        "--slurm-option=--qos=short",
+    )
+    group.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="a shell line each job runs before its worker, repeatable: "
+        "--slurm-setup 'module load cuda'",
+    )
+    group.add_argument(
+        "--slurm-interface",
+        metavar="IFACE",
+        help="network interface the scheduler listens on and the workers use (e.g. ib0); "
+        "default: dask's choice",
+    )
+    group.add_argument(
+        "--slurm-log-dir",
+        metavar="DIR",
+        help="folder for the jobs' output files (default: SLURM's, slurm-<id>.out here)",
+    )
+
+
+@dataclass(frozen=True)
+class SlurmResources:
+    """What each SLURM job asks for, and how many jobs. ``None`` leaves a setting to
+    dask-jobqueue's configuration (then to its defaults)."""
+
+    jobs: int
+    cpus: int = 1
+    memory: str | None = None
+    walltime: str | None = None
+    partition: str | None = None
+    account: str | None = None
+    directives: tuple[str, ...] = ()
+    setup: tuple[str, ...] = ()
+    interface: str | None = None
+    log_directory: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, n_files: int) -> SlurmResources:
+        """The resources ``spineseg batch`` asked for, for ``n_files`` files to do."""
+        jobs = args.workers or DEFAULT_SLURM_JOBS
+        return cls(
+            jobs=max(1, min(int(jobs), int(n_files))),
+            cpus=int(args.threads),
+            memory=args.slurm_memory,
+            walltime=args.slurm_walltime,
+            partition=args.slurm_partition,
+            account=args.slurm_account,
+            directives=tuple(args.slurm_option),
+            setup=tuple(args.slurm_setup),
+            interface=args.slurm_interface,
+            log_directory=args.slurm_log_dir,
+        )
+
+    def cluster_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of ``dask_jobqueue.SLURMCluster`` for these resources.
+
+        One worker process of one dask thread per job (one file at a time, as on the local
+        cluster), given ``cpus`` CPUs through ``job_cpu`` (its inference threads).
+        """
+        import dask
+
+        memory = self.memory or dask.config.get("jobqueue.slurm.memory", None)
+        kwargs: dict[str, Any] = {
+            "cores": 1,
+            "processes": 1,
+            "job_cpu": self.cpus,
+            "memory": memory or DEFAULT_SLURM_MEMORY,
+            "job_name": JOB_NAME,
+        }
+        optional = {
+            "walltime": self.walltime,
+            "queue": self.partition,
+            "account": self.account,
+            "interface": self.interface,
+            "log_directory": self.log_directory,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
+        if self.directives:
+            kwargs["job_extra_directives"] = list(self.directives)
+        if self.setup:
+            kwargs["job_script_prologue"] = list(self.setup)
+        return kwargs
+
+
+def slurm_cluster(resources: SlurmResources):
+    """A ``dask_jobqueue.SLURMCluster`` for ``resources``, its scheduler started here, no
+    job submitted yet (:func:`submit_jobs`). Raises :class:`ClusterError` when
+    dask-jobqueue is missing, ``sbatch`` is not on PATH or a resource is refused."""
+    import dask
+
+    from ..batch import RETRIES_AFTER_WORKER_DEATH
+
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:
+        raise ClusterError(
+            "--cluster slurm needs dask-jobqueue, which is not installed; install it with: "
+            f"{SLURM_INSTALL_HINT}"
+        ) from exc
+    if shutil.which("sbatch") is None:
+        raise ClusterError(
+            "--cluster slurm: the sbatch command is not found on PATH; run spineseg batch "
+            "on a machine that submits SLURM jobs (the cluster's login node, after its "
+            "`module load slurm` if it has one), or without --cluster to use this machine"
+        )
+    allowed = {"distributed.scheduler.allowed-failures": RETRIES_AFTER_WORKER_DEATH}
+    try:
+        with dask.config.set(allowed):  # read once, when the scheduler starts
+            return SLURMCluster(**resources.cluster_kwargs())
+    except ValueError as exc:  # e.g. a memory size dask cannot read
+        raise ClusterError(
+            f"--cluster slurm: {exc}; check the --slurm-* values (--slurm-memory takes a "
+            "size such as 16GB)"
+        ) from exc
+
+
+def submit_jobs(cluster, jobs: int) -> list[str]:
+    """Submit ``jobs`` jobs and wait until sbatch accepted them all; their SLURM ids.
+
+    Waiting here (dask-jobqueue otherwise submits in the background) turns a refused job
+    (an unknown partition or account, a walltime over the limit) into a
+    :class:`ClusterError` with sbatch's own message, instead of a batch waiting forever
+    for workers that will never come.
+    """
+    from distributed.core import Status
+
+    # What cluster.scale(jobs=...) does, but awaited here, where its errors arrive (scale
+    # submits in a callback whose exception is only logged).
+    for _ in range(jobs):
+        cluster.worker_spec.update(cluster.new_worker_spec())
+    try:
+        cluster.sync(cluster._correct_state)
+    except RuntimeError as exc:  # dask-jobqueue: the command's exit code and its stderr
+        for job in cluster.workers.values():
+            if job.job_id is None:  # never submitted: nothing to cancel when closing
+                job.status = Status.failed
+        raise ClusterError(
+            f"--cluster slurm: sbatch refused the job:\n{exc}\ncheck --slurm-partition, "
+            "--slurm-account, --slurm-walltime and --slurm-option against `sinfo` and "
+            "your site's limits"
+        ) from exc
+    return [str(job.job_id) for job in cluster.workers.values()]
+
+
+@contextmanager
+def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterator[Client]:
+    """A ``distributed.Client`` on SLURM jobs for ``resources``; the jobs are cancelled
+    and the scheduler stopped on leaving, even on an error or Ctrl-C."""
+    from distributed import Client
+
+    cluster = slurm_cluster(resources)
+    try:
+        ids = submit_jobs(cluster, resources.jobs)
+        if log is not None:
+            log.write(
+                f"SLURM: submitted {len(ids)} job(s) {', '.join(ids)} ({resources.cpus} "
+                f"CPU(s), {resources.cluster_kwargs()['memory']} each); the batch starts as "
+                "they run (squeue -u $USER)\n"
+            )
+            log.flush()
+        with Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()
+
+
+@contextmanager
+def batch_client(args: argparse.Namespace, n_files: int) -> Iterator[Client | str | None]:
+    """What ``spineseg batch`` passes as ``client=`` for ``n_files`` files to segment: a
+    client of SLURM jobs (``--cluster slurm``; closed on leaving), the ``--scheduler``
+    address, or None (``segment_many`` starts a local cluster)."""
+    if getattr(args, "cluster", "local") != "slurm":
+        yield args.scheduler
+        return
+    if args.scheduler:
+        raise ClusterError(
+            "batch: --scheduler and --cluster slurm both say where the workers run; "
+            "give one of them"
+        )
+    # What segment_many checks before starting a local cluster (model installed, custom
+    # model trusted), checked here before jobs are submitted: the jobs run as this user
+    # with this environment, so they would only find the same problem once per image.
+    from ..batch import _precheck
+    from ..cli import run_options_from_args
+
+    options = run_options_from_args(args)
+    if options.model is not None:
+        options = options.with_(model=str(Path(options.model).expanduser().absolute()))
+    _precheck(options, None)
+    log = None if args.quiet else sys.stderr
+    with slurm_client(SlurmResources.from_args(args, n_files), log) as client:
+        yield client
