@@ -109,6 +109,8 @@ examples:
   spineseg batch lesion_sci_t2 -i data/sub-*/anat/*_T2w.nii.gz -o derivatives/spineseg
   spineseg batch gm_sc_7t_t2star -i *.nii.gz --workers 4 --threads 2
   spineseg batch lesion_sci_t2 -i scans/*.nii.gz --scheduler tcp://head-node:8786
+  spineseg batch lesion_sci_t2 -i BIDS_ROOT --cluster slurm --workers 8 --threads 4 \\
+      --slurm-partition short --slurm-memory 16GB
   spineseg batch --model my_nnunet_folder --trust -i scans/*.nii.gz -largest 1
 
 One line per file on stderr as it finishes (-q: none), a summary table on stdout. A file

@@ -25,6 +25,7 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SPINESEG_NUM_THREADS", "1")
     monkeypatch.setenv(store.ENV_MODELS_DIR, str(tmp_path / "store"))
     monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "autosave"))
+    monkeypatch.setenv("SPINESEG_CONFIG_DIR", str(tmp_path / "config"))  # the rater
     segmentation.clear_engine_cache()
     yield
     segmentation.clear_engine_cache()

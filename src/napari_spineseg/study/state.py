@@ -329,8 +329,8 @@ class CohortSession:
         """Write the edited masks (display order, per suffix) over their derivatives files
         and append the manual-correction entry to each sidecar; status "corrected"."""
         from .. import sidecar
-        from ..correction import EditTracker, correction_record, extend_sidecar
-        from ..io import save_labels
+        from ..correction import EditTracker, correction_record
+        from ..saving import save_mask
 
         cur = self._require()
         unknown = set(labels) - set(cur.labels)
@@ -349,7 +349,6 @@ class CohortSession:
                 )
             edits = EditTracker(cur.labels[suffix]).diff(data)
             path = cur.case.masks[suffix]
-            save_labels(cur.volume.geometry.to_file(data), path, like=cur.volume)
             record = correction_record(
                 author or self.rater,
                 classes=cur.classes[suffix],
@@ -360,7 +359,14 @@ class CohortSession:
                     "Tool": "napari-spineseg cohort review",
                 },
             )
-            sidecar.write(path, extend_sidecar(sidecar.read(path), record))
+            save_mask(  # the one save path: history, atomic mask then sidecar
+                cur.volume.geometry.to_file(data),
+                path,
+                like=cur.volume,
+                classes=cur.classes[suffix],
+                loaded=sidecar.read(path),
+                record=record,
+            )
             cur.labels[suffix] = data.copy()
             written.append(path)
         self._update(cur.case, status="corrected", rater=author or self.rater)
