@@ -159,6 +159,7 @@ def segment(
     return_probabilities: bool = True,
     label_vert: bool = False,
     sct_compat: bool = False,
+    engine: str | Any | None = None,
 ) -> SegmentationResult:
     """Segment an image with a task's model; nothing is written (see :func:`save`).
 
@@ -172,9 +173,25 @@ def segment(
     ``-remove-small`` values SCT refuses), do what SCT does (docs/tasks.md).
     ``progress`` receives :class:`~napari_spineseg.progress.Progress`; ``cancel`` aborts
     at the next report (raises :class:`~napari_spineseg.errors.Cancelled`).
+    ``engine``: None runs here, in this process; ``"process"`` in a persistent engine
+    process (the model stays loaded there; this process never imports torch);
+    ``"tcp://host:8786"`` on that dask scheduler's workers (:mod:`.engine_process`).
 
     Returns masks in the *file voxel order* of the input, one per SCT output file.
     """
+    if engine is not None:  # issue 8: one argument away from the engine process
+        from .engine_process import segment as segment_on_engine
+
+        options = {
+            "task": task, "model": model, "device": device, "trust": trust,
+            "threshold": threshold, "largest": largest, "fill_holes": fill_holes,
+            "remove_small": remove_small, "test_time_aug": test_time_aug,
+            "label_vert": label_vert, "sct_compat": sct_compat,
+        }  # fmt: skip
+        return segment_on_engine(
+            image_or_path, options, progress, cancel, engine=engine,
+            return_probabilities=return_probabilities,
+        )  # fmt: skip
     from .segmentation import run
 
     report = Reporter(progress, cancel)

@@ -25,6 +25,8 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("SPINESEG_NUM_THREADS", "1")
     monkeypatch.setenv(store.ENV_MODELS_DIR, str(tmp_path / "store"))
     monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "autosave"))
+    # these tests patch engines in this process: the engine process has its own tests
+    monkeypatch.setenv("SPINESEG_ENGINE", "inprocess")
     segmentation.clear_engine_cache()
     yield
     segmentation.clear_engine_cache()

@@ -217,8 +217,10 @@ def segment_job(
 ) -> Generator[Progress | None, None, Any]:
     """Segment the snapshot's volume; returns layer data tuples, or :data:`CANCELLED`."""
     from .. import api
+    from ..engine_process import widget_engine  # issue 8: runs go to the engine process
 
-    result = yield from steps(api.segment, snapshot.volume, cancel=cancel, **run.segment_kwargs())
+    kwargs = {**run.segment_kwargs(), "engine": widget_engine()}
+    result = yield from steps(api.segment, snapshot.volume, cancel=cancel, **kwargs)
     if result is CANCELLED:
         return CANCELLED
     yield Progress(1.0, "preparing layers")
@@ -264,11 +266,13 @@ def refine_job(
     :data:`CANCELLED`.
     """
     from .. import api
+    from ..engine_process import widget_engine
     from ..errors import TaskError
 
     image = crop_display(volume, *crop)
     kwargs = replace(run).segment_kwargs()
     kwargs["return_probabilities"] = False
+    kwargs["engine"] = widget_engine()  # issue 8: runs go to the engine process
     result = yield from steps(api.segment, image, cancel=cancel, **kwargs)
     if result is CANCELLED:
         return CANCELLED

@@ -76,9 +76,9 @@ class SegmentWidget(Container):
             "that task's model and the task decides the output files"
         )
         self.trust = CheckBox(text="I trust this custom model (checkpoints can run code)")
-        from ..engines.base import available_devices
+        from ..engine_process import probe_devices  # issue 8: torch stays in the engine
 
-        devices = available_devices()
+        devices = probe_devices()
         self.device = ComboBox(label="Device", choices=devices, value=devices[0])
         self.device_info = Label(label="", value=_device_summary(devices))
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5)

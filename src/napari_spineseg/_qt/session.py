@@ -231,6 +231,7 @@ def review(
     trust: bool = False,
     device: str = "auto",
     start: bool = True,
+    engine: str | None = None,
     **options: Any,
 ) -> ReviewSession:
     """Open ``image`` (a path, or an image layer already in ``viewer``), dock the widgets
@@ -241,8 +242,15 @@ def review(
     its own ``dataset.json`` (the widget's task "custom"); with a task, it replaces that
     task's model. With neither, the task is ``lesion_sci_t2`` (:data:`DEFAULT_TASK`).
     ``options``: ``threshold``, ``largest``, ``fill_holes``, ``remove_small``,
-    ``test_time_aug`` as in :func:`napari_spineseg.api.segment`.
+    ``test_time_aug`` as in :func:`napari_spineseg.api.segment`. ``engine``: where the
+    widgets run (issue 8): ``"process"`` (default: a persistent engine process),
+    ``"inprocess"`` or a dask scheduler address ``"tcp://gpu-box:8786"``; default
+    ``$SPINESEG_ENGINE``.
     """
+    if engine is not None:  # issue 8
+        from ..engine_process import use_for_widgets
+
+        use_for_widgets(engine)
     if task is None and model is None:
         task = DEFAULT_TASK
     if isinstance(image, str | os.PathLike):
