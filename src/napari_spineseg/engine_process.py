@@ -70,6 +70,8 @@ KILL_AFTER_S = 1.0
 POLL_S = 0.02
 #: seconds to reach a remote scheduler
 CONNECT_TIMEOUT_S = 10.0
+#: seconds a run waits for the local engine's worker process to (re)start
+WORKER_START_TIMEOUT_S = 60.0
 
 
 def _api_kwargs(options: RunOptions | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -166,6 +168,7 @@ class DaskEngine:
         run = self._runs[run_id] = _Run()
         futures = []
         try:
+            self._before_submit(client)
             futures += client.scatter([shipped], hash=False)
             futures.append(
                 client.submit(
@@ -179,11 +182,13 @@ class DaskEngine:
                     pure=False,
                 )
             )
-            result = self._wait(client, futures[-1], run_id, run, progress, cancel)
         except (OSError, CancelledError) as exc:  # the connection went while sending
-            if cancel is not None and cancel.cancelled:
-                raise Cancelled("cancelled by the user") from None
+            self._runs.pop(run_id, None)
+            for fut in futures:
+                fut.release()
             raise EngineStoppedError(self._stopped(lost=True)) from exc
+        try:
+            result = self._wait(client, futures[-1], run_id, run, progress, cancel)
         finally:
             self._runs.pop(run_id, None)
             for fut in futures:
@@ -194,6 +199,9 @@ class DaskEngine:
 
     def _prepare(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return kwargs
+
+    def _before_submit(self, client) -> None:
+        pass
 
     def _wait(self, client, future, run_id: str, run: _Run, progress, cancel):
         from distributed import KilledWorker
@@ -296,16 +304,25 @@ class LocalEngine(DaskEngine):
             kwargs["model"] = str(Path(kwargs["model"]).expanduser().absolute())
         return kwargs
 
+    def _before_submit(self, client) -> None:
+        # after a kill, the nanny starts a fresh worker: wait for it (a second or two)
+        client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
+
     def _kill(self, client, run: _Run) -> None:
-        pids = [run.pid] if run.pid else []
-        if not pids:
-            try:
-                pids = list(client.run(os.getpid).values())
-            except Exception:
-                pids = []
-        for pid in pids:
+        workers = {run.address: run.pid} if run.pid else {}
+        if not workers:
+            with contextlib.suppress(Exception):
+                workers = client.run(os.getpid)
+        for pid in workers.values():
             with contextlib.suppress(OSError):  # already gone
                 os.kill(pid, signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+        # until the scheduler has dropped the killed worker, a new run could be sent there
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            with contextlib.suppress(Exception):
+                if not set(workers) & set(client.scheduler_info().get("workers", {})):
+                    return
+            time.sleep(POLL_S)
 
     def _stopped(self, lost: bool) -> str:
         return (
@@ -330,9 +347,10 @@ class RemoteEngine(DaskEngine):
     ``SPINESEG_MODELS_DIR``), as for ``spineseg batch --scheduler``.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, connect_timeout: float = CONNECT_TIMEOUT_S) -> None:
         super().__init__()
         self.address = address
+        self.connect_timeout = connect_timeout
         self.where = f"the engine at {address}"
 
     def _connect(self) -> Client:
@@ -340,7 +358,7 @@ class RemoteEngine(DaskEngine):
 
         distributed = _distributed()
         try:
-            client = distributed.Client(self.address, timeout=CONNECT_TIMEOUT_S)
+            client = distributed.Client(self.address, timeout=self.connect_timeout)
         except (OSError, TimeoutError) as exc:
             raise EngineStoppedError(
                 f"cannot reach the engine at {self.address} ({exc}): start it there "
