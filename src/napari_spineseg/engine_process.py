@@ -204,12 +204,18 @@ class DaskEngine:
         pass
 
     def _wait(self, client, future, run_id: str, run: _Run, progress, cancel):
+        """Relay progress until ``future`` is done; act on Cancel and on a lost engine.
+
+        Polls the future's state, never ``future.result(timeout=...)``: a timeout racing
+        the result inside dask's ``sync`` can surface as an ``UnboundLocalError``.
+        """
         from distributed import KilledWorker
 
+        finished = threading.Event()
+        future.add_done_callback(lambda _: finished.set())
         cancelled_at: float | None = None
-        while True:
-            while progress is not None and not run.reports.empty() and cancelled_at is None:
-                progress(run.reports.get_nowait())
+        while not (finished.wait(POLL_S) or future.done()):
+            self._relay(run, progress, cancelled_at is None)
             if cancel is not None and cancel.cancelled:
                 if cancelled_at is None:
                     cancelled_at = time.monotonic()
@@ -221,25 +227,33 @@ class DaskEngine:
                         f"cancelled by the user ({self.where} did not stop within "
                         f"{KILL_AFTER_S:g} s and was restarted)"
                     )
-            try:
-                result = future.result(timeout=POLL_S)
-            except TimeoutError:
-                if client.status not in ("running", "newly-created"):
-                    raise EngineStoppedError(self._stopped(lost=True)) from None
-                continue
-            except KilledWorker:
-                raise EngineStoppedError(self._stopped(lost=False)) from None
-            except CancelledError:
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled("cancelled by the user") from None
-                raise EngineStoppedError(self._stopped(lost=True)) from None
-            except Exception:
-                if cancel is not None and cancel.cancelled:
-                    raise Cancelled("cancelled by the user") from None
-                raise
-            if cancel is not None and cancel.cancelled:  # it finished as Cancel came
+            elif client.status not in ("running", "newly-created"):
+                raise EngineStoppedError(self._stopped(lost=True))
+        user_cancelled = cancel is not None and cancel.cancelled
+        if future.status == "cancelled":  # released by us, or the scheduler went away
+            if user_cancelled:
                 raise Cancelled("cancelled by the user")
-            return result
+            raise EngineStoppedError(self._stopped(lost=True))
+        try:
+            result = future.result()
+        except KilledWorker:
+            raise EngineStoppedError(self._stopped(lost=False)) from None
+        except Exception:
+            if user_cancelled:
+                raise Cancelled("cancelled by the user") from None
+            raise
+        if user_cancelled:  # it finished as Cancel came: nothing from it is used
+            raise Cancelled("cancelled by the user")
+        self._relay(run, progress, True)
+        return result
+
+    @staticmethod
+    def _relay(run: _Run, progress: ProgressCallback | None, live: bool) -> None:
+        """Hand the reports that came in to ``progress`` (on the caller's thread)."""
+        while not run.reports.empty():
+            report = run.reports.get_nowait()
+            if progress is not None and live:
+                progress(report)
 
     def _ask_to_stop(self, client, run_id: str, run: _Run) -> None:
         """Ask the run to stop at its next report (on a helper thread: never waits)."""
