@@ -7,11 +7,8 @@ run would find it. The model is the shipped demo model, so the voxels are real.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine_helpers import SLEEP_STAGE, loaded_engines, phantom_path, sleep_in_predict
+from engine_helpers import (
+    SLEEP_STAGE,
+    connect_when_ready,
+    dask_scheduler,
+    loaded_engines,
+    phantom_path,
+    sleep_in_predict,
+    worker_pid,
+)
 from napari_spineseg import api, engine_process, io
 from napari_spineseg.demo import demo_model_folder
 from napari_spineseg.engine_process import KILL_AFTER_S, LocalEngine, RemoteEngine
@@ -76,21 +81,6 @@ def assert_same_result(got, want):
     assert list(got.probabilities) == list(want.probabilities)
     for name, p in want.probabilities.items():
         np.testing.assert_array_equal(got.probabilities[name], p)
-
-
-def worker_pid(engine, not_this: int | None = None, timeout: float = 60.0) -> int:
-    """The engine worker's process id (with ``not_this``: once a new worker has replaced
-    that one)."""
-    end = time.monotonic() + timeout
-    while True:
-        try:
-            (pid,) = engine.client.run(os.getpid).values()
-            if pid != not_this:
-                return pid
-        except (OSError, ValueError):  # the killed worker is still listed, or none is
-            pass
-        assert time.monotonic() < end, "no new engine worker"
-        time.sleep(0.1)
 
 
 def start_run(engine, volume, cancel=None):
@@ -163,6 +153,7 @@ def test_run_options_travel_and_errors_come_back_typed(engine, volume):
         engine.segment(volume, options.with_(trust=False))
 
 
+@pytest.mark.slow  # a fresh engine process imports torch again
 def test_cancel_stops_a_run_that_ignores_cancellation(engine, volume, in_process):
     engine.segment(volume, OPTIONS)  # warm: the kill below must hit predict
     old_pid = worker_pid(engine)
@@ -183,6 +174,7 @@ def test_cancel_stops_a_run_that_ignores_cancellation(engine, volume, in_process
     assert_same_result(engine.segment(volume, OPTIONS), in_process)
 
 
+@pytest.mark.slow  # a fresh engine process imports torch again
 def test_a_killed_engine_is_reported_and_the_next_run_starts_fresh(engine, volume, in_process):
     engine.client.run(sleep_in_predict, 60)
     thread, box, stages = start_run(engine, volume)
@@ -228,50 +220,18 @@ def test_an_unreachable_remote_engine_says_how_to_start_it(volume):
 
 @pytest.fixture
 def scheduler(env, tmp_path):
-    """A dask scheduler and one worker on 127.0.0.1, as a lab's GPU box would run them."""
-    info = tmp_path / "scheduler.json"
-    penv = dict(os.environ)
-    penv["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")])
-    common = ["--no-dashboard", "--host", "127.0.0.1"]
-    procs = {}
-    procs["scheduler"] = subprocess.Popen(
-        [sys.executable, "-m", "dask", "scheduler", "--port", "0", "--scheduler-file", info]
-        + common,
-        env=penv,
-        stderr=subprocess.DEVNULL,
-    )
-    end = time.monotonic() + 60
-    while not (info.exists() and info.stat().st_size):
-        assert time.monotonic() < end and procs["scheduler"].poll() is None, "no scheduler"
-        time.sleep(0.1)
-    address = json.loads(info.read_text())["address"]
-    procs["worker"] = subprocess.Popen(
-        [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1"] + common,
-        env=penv,
-        stderr=subprocess.DEVNULL,
-    )
-    yield address, procs
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(30)
+    with dask_scheduler(tmp_path) as (address, procs):
+        yield address, procs
 
 
+@pytest.mark.slow  # a scheduler, a worker and its torch import
 def test_a_remote_engine_runs_the_same_voxels_and_reports_a_lost_scheduler(
     scheduler, volume, in_process
 ):
     address, procs = scheduler
     remote = RemoteEngine(address)
     try:
-        end = time.monotonic() + 60
-        while True:  # the worker registers a moment after the scheduler is up
-            try:
-                remote.client  # noqa: B018 - connects
-                break
-            except EngineStoppedError:
-                assert time.monotonic() < end, "the worker did not register"
-                remote.close()
-                time.sleep(0.2)
+        connect_when_ready(remote)
         result = remote.segment(volume, OPTIONS)
         assert_same_result(result, in_process)
         assert result.source is volume
