@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
@@ -72,6 +73,17 @@ POLL_S = 0.02
 CONNECT_TIMEOUT_S = 10.0
 #: seconds a run waits for the local engine's worker process to (re)start
 WORKER_START_TIMEOUT_S = 60.0
+#: dask settings of the local engine: a run whose worker died is reported, not re-run (it
+#: would die again); the worker keeps the user's environment (dask's nanny would set
+#: MALLOC_TRIM_THRESHOLD_=65536, which sends every large tensor allocation through
+#: mmap/munmap: warm runs measured 1.5x slower, and OMP/MKL/OPENBLAS_NUM_THREADS=1);
+#: no HTTP routes (nothing to browse, nothing served)
+LOCAL_ENGINE_CONFIG = {
+    "distributed.scheduler.allowed-failures": 0,
+    "distributed.nanny.pre-spawn-environ": {},
+    "distributed.scheduler.http.routes": [],
+    "distributed.worker.http.routes": [],
+}
 
 
 def _api_kwargs(options: RunOptions | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -137,6 +149,14 @@ class DaskEngine:
         elif msg[0] == "progress":
             run.reports.put(Progress(msg[2], msg[3], msg[4], msg[5]))
 
+    def _drop(self, client) -> None:
+        """Forget a client whose scheduler is gone (closed on a helper thread: closing
+        waits for a scheduler that will not answer)."""
+        with self._lock:
+            if self._client is client:
+                self._client = None
+        threading.Thread(target=client.close, name="spineseg-close", daemon=True).start()
+
     def close(self) -> None:
         """Disconnect (and stop a local engine); the next run starts or connects again."""
         with self._lock:
@@ -189,6 +209,10 @@ class DaskEngine:
             raise EngineStoppedError(self._stopped(lost=True)) from exc
         try:
             result = self._wait(client, futures[-1], run_id, run, progress, cancel)
+        except EngineStoppedError:
+            if client.status != "running":  # the scheduler went away: reconnect next time
+                self._drop(client)
+            raise
         finally:
             self._runs.pop(run_id, None)
             for fut in futures:
@@ -297,7 +321,10 @@ class LocalEngine(DaskEngine):
         if self._cluster is not None:
             self._cluster.close()
         try:
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            with dask.config.set(LOCAL_ENGINE_CONFIG), warnings.catch_warnings():
+                # no web pages are served (no routes), but dask still binds its HTTP
+                # server to 127.0.0.1:8787, or another port when that one is taken
+                warnings.filterwarnings("ignore", "Port 8787 is already in use")
                 self._cluster = distributed.LocalCluster(
                     n_workers=1,
                     threads_per_worker=1,

@@ -14,11 +14,13 @@ path of the reviewer's files crosses over: the engine may run on another machine
 from __future__ import annotations
 
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import SpinesegError
 from .io.volume import Volume
 from .progress import CancelToken, Progress
 
@@ -165,6 +167,12 @@ def segment_shipped(
             return_probabilities=return_probabilities,
             **kwargs,
         )
+    except SpinesegError as exc:  # goes back pickled: keep the message if the type cannot
+        try:
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            raise SpinesegError(str(exc)) from None
+        raise
     finally:
         _RUNS.finish(run_id)
     result.source = None
