@@ -97,8 +97,11 @@ def _press_run_and_wait(session, timeout: float = 600.0) -> dict:
     }
 
 
-def cold_first_run(folder: Path) -> dict:
-    """Figure 1, in this interpreter (which must be fresh): see the module docstring."""
+def cold_first_run(folder: Path, engine: str = "process") -> dict:
+    """Figure 1, in this interpreter (which must be fresh): see the module docstring.
+
+    ``engine="inprocess"`` measures the same with the model run in the viewer's process
+    (as before issue 8), for comparison."""
     fresh = "torch" not in sys.modules and "napari" not in sys.modules
     import napari
     import numpy as np
@@ -110,7 +113,7 @@ def cold_first_run(folder: Path) -> dict:
     path = write_phantom(folder)
     viewer = napari.Viewer(show=True)
     try:
-        session = review(viewer, path, start=False, engine="process", **demo_options())
+        session = review(viewer, path, start=False, engine=engine, **demo_options())
         session.review_widget.prompt_recovery = lambda text: "ignore"
         session.review_widget.prompt = lambda title, text: "discard"
         for _ in range(50):  # docks laid out, first paint done
@@ -130,14 +133,19 @@ def cold_first_run(folder: Path) -> dict:
             for ly in layers
         )
         image_mb = session.image_layer.data.nbytes
+        rss_before = rss_mb()
+        reset_peak()
         warm = _press_run_and_wait(session)
+        warm_peak_extra = (hwm_mb() - rss_before) if peak_known else float("nan")
         return {
+            "engine": engine,
             "fresh_interpreter": fresh,
             "cold": cold,
             "warm": warm,
             "torch_in_viewer": "torch" in sys.modules,
             "nnunetv2_in_viewer": "nnunetv2" in sys.modules,
             "peak_extra_mb": round(peak_extra, 1),
+            "warm_peak_extra_mb": round(warm_peak_extra, 1),
             "image_mb": round(image_mb / 2**20, 2),
             "results_mb": round(results_mb / 2**20, 2),
         }
@@ -148,8 +156,10 @@ def cold_first_run(folder: Path) -> dict:
         viewer.close()
 
 
-def cold_in_subprocess(folder: Path, timeout: float = 900.0) -> dict:
+def cold_in_subprocess(folder: Path, engine: str = "process", timeout: float = 900.0) -> dict:
     """Figure 1 in a fresh interpreter; its JSON line (raises with its output if none)."""
+    folder = folder / engine
+    folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "src"), str(ROOT), env.get("PYTHONPATH", "")]
@@ -159,7 +169,8 @@ def cold_in_subprocess(folder: Path, timeout: float = 900.0) -> dict:
     env.setdefault("NAPARI_CONFIG", str(folder / "napari_settings.yaml"))
     env.pop("SPINESEG_ENGINE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_engine_process", "--cold", str(folder)],
+        [sys.executable, "-m", "benchmarks.bench_engine_process", "--cold", str(folder)]
+        + ["--engine", engine],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -224,15 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer repeats")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     ap.add_argument("--cold", type=Path, metavar="FOLDER", help=argparse.SUPPRESS)
+    ap.add_argument("--engine", default="process", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.cold is not None:  # the fresh interpreter of figure 1
-        print(json.dumps(cold_first_run(args.cold)), flush=True)
+        print(json.dumps(cold_first_run(args.cold, args.engine)), flush=True)
         os._exit(0)  # no teardown of Qt/napari at exit: the figures are out
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="spineseg-bench-engine-") as tmp:
         folder = Path(tmp)
         try:
-            out["cold"] = cold_in_subprocess(folder)
+            out["cold"] = [cold_in_subprocess(folder, e) for e in ("process", "inprocess")]
         except RuntimeError as exc:  # no display: say so, measure the rest
             print(f"cold first-run stall skipped (needs a display: xvfb-run -a): {exc}")
         os.environ.setdefault("SPINESEG_MODELS_DIR", str(folder / "store"))
@@ -242,23 +254,26 @@ def main(argv: list[str] | None = None) -> int:
             images.append(DATA / "t2" / "t2.nii.gz")
         out["warm"] = [warm_ratio(p, repeats) for p in images]
     if "cold" in out:
-        c = out["cold"]
-        print("Cold first run in a fresh napari (demo model, phantom 72x72x32):")
-        for kind in ("cold", "warm"):
-            r = c[kind]
+        print("A fresh napari, Run on the demo model (phantom 72x72x32), first and second run:")
+        for c in out["cold"]:
+            where = "engine process" if c["engine"] == "process" else "in the viewer (before)"
+            for kind in ("cold", "warm"):
+                r = c[kind]
+                print(
+                    f"  {where:23} {kind} run: longest event-loop stall "
+                    f"{r['longest_ms']:5.0f} ms (budget {BUDGET_MS:.0f}); five longest "
+                    f"{r['top5_ms']} ms; Run to layers {r['seconds']:.2f} s; {r['outcome']}"
+                )
             print(
-                f"  {kind:4} run: longest event-loop stall {r['longest_ms']:.0f} ms "
-                f"(budget {BUDGET_MS:.0f}); five longest {r['top5_ms']} ms; "
-                f"Run to layers {r['seconds']:.2f} s; {r['outcome']}"
+                f"  {where:23} torch in the viewer: {c['torch_in_viewer']}, nnunetv2: "
+                f"{c['nnunetv2_in_viewer']}; viewer peak above its pre-run memory: cold "
+                f"+{c['peak_extra_mb']} MB, warm +{c['warm_peak_extra_mb']} MB (image "
+                f"{c['image_mb']} MB, results {c['results_mb']} MB)"
             )
-        print(
-            f"  torch imported in the viewer: {c['torch_in_viewer']}; nnunetv2: "
-            f"{c['nnunetv2_in_viewer']}; viewer peak during the cold run "
-            f"+{c['peak_extra_mb']} MB (image {c['image_mb']} MB, results {c['results_mb']} MB)"
-        )
     print(f"Engine process vs in-process api.segment, warm, median of {repeats}:")
     print(
-        f"  {'image':<22} {'engine s':>9} {'in-proc s':>9} {'ratio':>6} {'first: engine / in-proc s':>26}"
+        f"  {'image':<22} {'engine s':>9} {'in-proc s':>9} {'ratio':>6} "
+        f"{'first: engine / in-proc s':>26}"
     )
     for r in out["warm"]:
         print(
