@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -251,3 +253,19 @@ def test_a_remote_engine_runs_the_same_voxels_and_reports_a_lost_scheduler(
     finally:
         procs["worker"].kill()
         remote.close()
+
+
+def test_the_viewer_side_imports_neither_torch_nor_dask_until_a_run():
+    """Importing the engine modules (and listing the widget's devices) stays light: dask
+    loads on the first run, torch never (a fresh interpreter tells)."""
+    code = (
+        "import sys; from napari_spineseg import engine_process, engine_task; "
+        "d = engine_process.probe_devices(); "
+        "assert d[0] == 'auto' and d[-1] == 'cpu', d; "
+        "print(sorted(m for m in ('torch', 'distributed', 'nnunetv2') if m in sys.modules))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr
