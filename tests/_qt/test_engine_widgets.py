@@ -19,6 +19,7 @@ from engine_helpers import (
     SLEEP_STAGE,
     connect_when_ready,
     dask_scheduler,
+    loaded_engines,
     phantom_path,
     sleep_in_predict,
     worker_pid,
@@ -138,3 +139,42 @@ def test_the_widgets_run_on_a_remote_engine(viewer, tmp_path, on_engine):
         np.testing.assert_array_equal(layer.data, geometry.to_display(want.outputs[suffix].labels))
         provenance = layer.metadata["spineseg"]["provenance"]
         assert provenance["input"]["path"] == str(path)  # put back on this side
+
+
+@pytest.mark.qt
+def test_refine_runs_on_the_engine_with_the_model_still_loaded(
+    viewer, tmp_path, engine, on_engine
+):
+    session = start_session(viewer, phantom_path(tmp_path), engine)
+    session.segment()
+    assert session.segment_widget.wait(300) == "done"
+    session.select(session.segment_widget.last_layers[0])
+    (loaded,) = engine.client.run(loaded_engines).values()
+    preview = session.refine((4, 8), margin=2)  # crop-and-refine, on the engine
+    assert preview is not None and preview.data.shape == session.state.layer.data.shape
+    (after,) = engine.client.run(loaded_engines).values()
+    assert after == loaded and len(loaded) == 1  # the same model object: no reload
+
+
+@pytest.mark.qt
+@pytest.mark.slow  # the killed engine's successor imports torch again
+def test_cancel_in_the_widget_stops_a_run_that_ignores_it(viewer, tmp_path, engine, on_engine):
+    import time
+
+    from napari_spineseg._qt.workers import wait_for
+
+    session = start_session(viewer, phantom_path(tmp_path), engine)
+    widget = session.segment_widget
+    names = [ly.name for ly in viewer.layers]
+    engine.client.run(sleep_in_predict, 60)
+    old = worker_pid(engine)
+    session.segment()
+    wait_for(lambda: SLEEP_STAGE not in str(widget.status.value), 120, "the run")
+    t0 = time.monotonic()
+    widget.cancel()
+    assert widget.wait(30) == "cancelled"
+    assert time.monotonic() - t0 < 3.0
+    assert [ly.name for ly in viewer.layers] == names  # nothing added
+    assert worker_pid(engine, not_this=old) != old  # the sleeping engine was killed
+    session.segment()  # the next run gets a fresh engine
+    assert widget.wait(300) == "done", widget.status.value
