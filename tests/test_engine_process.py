@@ -239,9 +239,21 @@ def test_a_remote_engine_runs_the_same_voxels_and_reports_a_lost_scheduler(
         assert result.source is volume
         assert result.provenance["input"]["path"] == str(volume.path)
 
+        # Cancel on a remote worker that ignores it: its nanny restarts it
         remote.client.run(sleep_in_predict, 60)
+        old = worker_pid(remote)
+        cancel = CancelToken()
+        thread, box, stages = start_run(remote, volume, cancel)
+        wait_for_stage(stages, SLEEP_STAGE)
+        cancel.cancel()
+        thread.join(KILL_AFTER_S + 5)
+        assert not thread.is_alive() and isinstance(box.get("error"), Cancelled), box
+        new = worker_pid(remote, not_this=old)
+
+        remote.client.run(sleep_in_predict, 60)  # the new worker sleeps too
         thread, box, stages = start_run(remote, volume)
         wait_for_stage(stages, SLEEP_STAGE)
+        assert worker_pid(remote) == new
         procs["scheduler"].kill()
         thread.join(30)
         assert not thread.is_alive() and "result" not in box
