@@ -155,6 +155,7 @@ def segment(
     *,
     profile: str | None = None,
     options: RunOptions | None = None,
+    engine: str | Any | None = None,
 ) -> SegmentationResult:
     """Segment an image with a task's model; nothing is written (see :func:`save`).
 
@@ -176,6 +177,9 @@ def segment(
     :class:`~napari_spineseg.errors.SpinesegError` before anything loads.
     ``progress`` receives :class:`~napari_spineseg.progress.Progress`; ``cancel`` aborts
     at the next report (raises :class:`~napari_spineseg.errors.Cancelled`).
+    ``engine``: None runs here, in this process; ``"process"`` in a persistent engine
+    process (the model stays loaded there; this process never imports torch);
+    ``"tcp://host:8786"`` on that dask scheduler's workers (:mod:`.engine_process`).
 
     Returns masks in the *file voxel order* of the input, one per SCT output file; the
     options used (task defaults filled in) are in ``provenance["settings"]``.
@@ -198,6 +202,17 @@ def segment(
         sct_compat=sct_compat,
         profile=profile,
     )
+    if engine is not None:  # one argument away: the engine process or a remote scheduler
+        from .engine_process import segment as segment_on_engine
+
+        return segment_on_engine(
+            image_or_path,
+            opts,
+            progress,
+            cancel,
+            engine=engine,
+            return_probabilities=return_probabilities,
+        )
     report = Reporter(progress, cancel)
     report.check()
     spec, folder, url, sha = _resolve_model(opts, report, spec)

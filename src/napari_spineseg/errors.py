@@ -51,3 +51,12 @@ class Cancelled(SpinesegError):
 
 class GeometryWarning(UserWarning):
     """Geometry that other tools may interpret differently (obliquity, q/s mismatch...)."""
+
+
+class EngineStoppedError(SpinesegError):
+    """The engine process (or remote engine) died or went away during a run.
+
+    Killed for memory, a crash inside the model's libraries, or a remote scheduler that
+    stopped: nothing from that run is used, and the next run starts a fresh engine. (Not
+    a ``RuntimeError``: napari's thread workers drop those as "aborted thread" errors.)
+    """

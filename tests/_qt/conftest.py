@@ -26,6 +26,8 @@ def _isolated(tmp_path, monkeypatch):
     monkeypatch.setenv(store.ENV_MODELS_DIR, str(tmp_path / "store"))
     monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "autosave"))
     monkeypatch.setenv("SPINESEG_CONFIG_DIR", str(tmp_path / "config"))  # the rater
+    # these tests patch engines in this process: the engine process has its own tests
+    monkeypatch.setenv("SPINESEG_ENGINE", "inprocess")
     segmentation.clear_engine_cache()
     yield
     segmentation.clear_engine_cache()

@@ -30,6 +30,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy
 
 from .. import api
+from ..engine_process import widget_engine
 from ..errors import SpinesegError
 from ..jobs import CANCELLED, ImageSnapshot, segment_job, steps
 from ..options import RunOptions
@@ -65,8 +66,10 @@ def build_layers(layer_data: list[tuple]) -> list[Any]:
 
 
 def segment_to_layers(snapshot: ImageSnapshot, run: RunOptions, cancel: CancelToken):
-    """:func:`segment_job`, then :func:`build_layers` on the same worker thread."""
-    result = yield from segment_job(snapshot, run, cancel)
+    """:func:`segment_job` on the widgets' engine (the engine process unless
+    ``$SPINESEG_ENGINE`` or ``review(engine=)`` says otherwise), then
+    :func:`build_layers` on the same worker thread."""
+    result = yield from segment_job(snapshot, run, cancel, widget_engine())
     if result is CANCELLED or cancel.cancelled:
         return CANCELLED
     return build_layers(result)
@@ -98,9 +101,9 @@ class SegmentWidget(Container):
             "that task's model and the task decides the output files"
         )
         self.trust = CheckBox(text="I trust this custom model (checkpoints can run code)")
-        from ..engines.base import available_devices
+        from ..engine_process import probe_devices  # issue 8: torch stays in the engine
 
-        devices = available_devices()
+        devices = probe_devices()
         self.device = ComboBox(label="Device", choices=devices, value=devices[0])
         self.device_info = Label(label="", value=_device_summary(devices))
         self.threshold = FloatSpinBox(label="Threshold", min=0.0, max=1.0, step=0.05, value=0.5)

@@ -231,6 +231,7 @@ def review(
     trust: bool = False,
     device: str = "auto",
     start: bool = True,
+    engine: str | None = None,
     **options: Any,
 ) -> ReviewSession:
     """Open ``image`` (a path, or an image layer already in ``viewer``), dock the widgets
@@ -243,10 +244,18 @@ def review(
     ``options``: ``threshold``, ``largest``, ``fill_holes``, ``remove_small``,
     ``test_time_aug`` as in :func:`napari_spineseg.api.segment` (any field of
     :class:`~napari_spineseg.options.RunOptions`), checked here before anything opens.
+    ``engine``: where the widgets' runs go: ``"process"`` (the default: a persistent
+    engine process, so the viewer never loads torch), ``"inprocess"``, or a dask scheduler
+    address such as ``"tcp://gpu-box:8786"`` (a lab's GPU workstation); default
+    ``$SPINESEG_ENGINE``.
     """
     if task is None and model is None:
         task = DEFAULT_TASK
     run = run_options(task=task, model=model, trust=trust, device=device, **options)
+    if engine is not None:
+        from ..engine_process import use_for_widgets
+
+        use_for_widgets(engine)
     if isinstance(image, str | os.PathLike):
         layer = open_image(viewer, image)
     else:

@@ -173,7 +173,13 @@ def warm_up_label_colormap(colormap: Any, dtype: np.dtype) -> None:
     if not colormap:
         return
     try:
+        # issue 8: with inference in the engine process nothing else imports what a first
+        # Labels layer imports lazily (pandas for features, skimage's colour code): a
+        # throwaway layer made here does it off the GUI thread (a 1.6 s stall there)
+        from napari.layers import Labels
         from napari.utils.colormaps import DirectLabelColormap
+
+        Labels(np.zeros((2, 2), dtype=dtype), features={"class": ["background", "x"]})
 
         cmap = DirectLabelColormap(color_dict=colormap)
         values = np.zeros((2, 2), dtype=dtype)

@@ -35,10 +35,13 @@ def run_segmentation(
     progress: ProgressCallback,
     cancel: CancelToken,
     return_probabilities: bool = True,
+    engine: Any = None,
 ) -> SegmentationResult:
     """Run the model of ``options`` on ``image``: the one call of the segment and refine jobs.
 
-    In this process for now; an engine process replaces this one call.
+    ``engine``: where the model runs (:func:`napari_spineseg.api.segment`'s argument):
+    None in this process (scripts, tests), ``"process"`` the local engine process (the
+    widgets: :func:`napari_spineseg.engine_process.widget_engine`), or a scheduler address.
     """
     from .. import api
 
@@ -48,14 +51,17 @@ def run_segmentation(
         cancel=cancel,
         return_probabilities=return_probabilities,
         options=options,
+        engine=engine,
     )
 
 
 def segment_job(
-    snapshot: ImageSnapshot, options: RunOptions, cancel: CancelToken
+    snapshot: ImageSnapshot, options: RunOptions, cancel: CancelToken, engine: Any = None
 ) -> Generator[Progress | None, None, Any]:
     """Segment the snapshot's volume; returns layer data tuples, or :data:`CANCELLED`."""
-    result = yield from steps(run_segmentation, snapshot.volume, options, cancel=cancel)
+    result = yield from steps(
+        run_segmentation, snapshot.volume, options, cancel=cancel, engine=engine
+    )
     if result is CANCELLED:
         return CANCELLED
     yield Progress(1.0, "preparing layers")
@@ -72,6 +78,7 @@ def refine_job(
     suffix: str,
     crop: tuple[int, int],
     cancel: CancelToken,
+    engine: Any = None,
 ) -> Generator[Progress | None, None, Any]:
     """Re-run the task on display slices ``crop`` (slab + margin).
 
@@ -80,7 +87,12 @@ def refine_job(
     """
     image = crop_display(volume, *crop)
     result = yield from steps(
-        run_segmentation, image, options, cancel=cancel, return_probabilities=False
+        run_segmentation,
+        image,
+        options,
+        cancel=cancel,
+        return_probabilities=False,
+        engine=engine,
     )
     if result is CANCELLED:
         return CANCELLED

@@ -14,6 +14,7 @@ import numpy as np
 
 from ...correction import SlabChange
 from ...correction.review import LayerReview
+from ...engine_process import widget_engine
 from ...errors import SpinesegError
 from ...jobs import CANCELLED, refine_job
 from ...options import RunOptions
@@ -117,6 +118,7 @@ class RefineActions:
             state.suffix or "",
             crop,
             self._cancel,
+            widget_engine(),  # the engine process (a warm model: no reload per refine)
             on_progress=self._on_refine_progress,
             on_returned=lambda value: self._on_refined(request, value),
             on_errored=self._on_refine_error,
