@@ -280,3 +280,30 @@ def test_the_viewer_side_imports_neither_torch_nor_dask_until_a_run():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
     assert out.stdout.strip() == "[]", out.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter starts its own engine process
+def test_a_script_without_a_main_guard_uses_the_engine_process(env, tmp_path):
+    """A researcher's plain script (no ``if __name__ == "__main__":``) must not be run
+    again inside the engine process (multiprocessing's spawn would import it there)."""
+    path = phantom_path(tmp_path)
+    marker = tmp_path / "script-ran"
+    script = tmp_path / "segment_my_scan.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from napari_spineseg import api\n"
+        f"marker = Path({str(marker)!r})\n"
+        "with marker.open('a') as f:\n"
+        "    f.write('ran\\n')\n"
+        f"result = api.segment({str(path)!r}, model={OPTIONS['model']!r}, trust=True,\n"
+        "                     device='cpu', engine='process')\n"
+        "print('voxels', sum(int(o.labels.sum()) for o in result.outputs.values()))\n"
+    )
+    env_vars = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env_vars
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    want = sum(int(o.labels.sum()) for o in api.segment(path, **OPTIONS).outputs.values())
+    assert f"voxels {want}" in out.stdout
+    assert marker.read_text() == "ran\n"  # the script ran once: not again in the engine

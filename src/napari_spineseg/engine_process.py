@@ -6,8 +6,9 @@
 
 The viewer never imports torch or nnU-Net: the model is loaded, and stays loaded (the
 engine cache of :mod:`napari_spineseg.segmentation`), in a worker process. Locally that
-is a one-worker dask ``LocalCluster`` started on first use and kept for the session (the
-same machinery as ``spineseg batch``); remotely, the workers of a running scheduler
+is a dask scheduler in this process and one ``dask worker`` process (with its nanny, in an
+interpreter of its own) started on first use and kept for the session (the same machinery
+as ``spineseg batch``); remotely, the workers of a running scheduler
 (``SPINESEG_ENGINE=tcp://gpu-box:8786``), served the same task function.
 
 One run: the volume is packed (:class:`~napari_spineseg.engine_task.ShippedVolume`: the
@@ -28,6 +29,7 @@ import contextlib
 import os
 import queue
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -283,7 +285,8 @@ class DaskEngine:
 
 
 class LocalEngine(DaskEngine):
-    """The engine process on this computer: a one-worker ``LocalCluster`` (127.0.0.1).
+    """The engine process on this computer: a dask scheduler here and one ``dask worker``
+    process (:func:`start_worker_process`) on 127.0.0.1.
 
     Started on first use and kept until :meth:`close` (or the viewer exits). A run whose
     worker dies is never re-run (it would die again): it fails with
@@ -295,6 +298,7 @@ class LocalEngine(DaskEngine):
     def __init__(self) -> None:
         super().__init__()
         self._cluster = None
+        self._worker: subprocess.Popen | None = None
 
     def _connect(self) -> Client:
         import dask
@@ -302,23 +306,27 @@ class LocalEngine(DaskEngine):
         from .batch import _distributed
 
         distributed = _distributed()
-        if self._cluster is not None:
-            self._cluster.close()
+        self._stop_processes()
         try:
             with dask.config.set(LOCAL_ENGINE_CONFIG), warnings.catch_warnings():
                 # no web pages are served (no routes), but dask still binds its HTTP
                 # server to 127.0.0.1:8787, or another port when that one is taken
                 warnings.filterwarnings("ignore", "Port 8787 is already in use")
+                # the scheduler only, here; the worker is a process of its own (below)
                 self._cluster = distributed.LocalCluster(
-                    n_workers=1,
-                    threads_per_worker=1,
-                    processes=True,
+                    n_workers=0,
+                    processes=False,
+                    protocol="tcp://",  # the worker is another process
                     host="127.0.0.1",
+                    scheduler_port=0,
                     dashboard_address=None,  # no web server (nor bokeh) in the viewer
-                    worker_dashboard_address=None,
                 )
-            return distributed.Client(self._cluster)
+            self._worker = start_worker_process(self._cluster.scheduler_address)
+            client = distributed.Client(self._cluster)
+            client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
+            return client
         except Exception as exc:
+            self._stop_processes()
             raise EngineStoppedError(
                 f"the engine process could not start ({type(exc).__name__}: {exc}); "
                 "check the free memory, or run in-process (api.segment without engine=)"
@@ -330,6 +338,11 @@ class LocalEngine(DaskEngine):
         return options
 
     def _before_submit(self, client) -> None:
+        if self._worker is None or self._worker.poll() is not None:
+            # the worker's nanny itself is gone (killed with its worker): report it, and
+            # the next run starts a fresh engine
+            self._drop(client)
+            raise EngineStoppedError(self._stopped(lost=True))
         # after a kill, the nanny starts a fresh worker: wait for it (a second or two)
         client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
 
@@ -357,11 +370,51 @@ class LocalEngine(DaskEngine):
             "unchanged, and the next run starts a fresh engine"
         )
 
-    def close(self) -> None:
-        super().close()
+    def _stop_processes(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None and worker.poll() is None:
+            worker.terminate()  # the nanny stops its worker and exits
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait(10)
         cluster, self._cluster = self._cluster, None
         if cluster is not None:
             cluster.close(timeout=5)
+
+    def close(self) -> None:
+        super().close()
+        self._stop_processes()
+
+
+def start_worker_process(address: str) -> subprocess.Popen:
+    """The local engine's worker: ``dask worker`` (with its nanny) in a new interpreter.
+
+    Not a ``multiprocessing`` child of the viewer: ``spawn`` would import the caller's
+    main script in the engine (a researcher's script without an ``if __name__ ==
+    "__main__":`` guard would run again there, opening a second viewer), and ``fork``
+    would copy a process with Qt and GL threads. This interpreter gets our ``sys.path``
+    and environment, the local engine's dask settings, and exits on its own when the
+    scheduler (this process) has been gone for a minute.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    for key, value in LOCAL_ENGINE_CONFIG.items():  # DASK_A__B_C: dask's env config
+        name = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
+        env[name] = repr(value)
+    cmd = [sys.executable, "-m", "distributed.cli.dask_worker", address]
+    cmd += ["--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    cmd += ["--death-timeout", "60", "--name", "spineseg-engine"]
+    log = os.environ.get("SPINESEG_ENGINE_LOG")  # the worker's own log, for bug reports
+    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, close_fds=True
+        )
+    finally:
+        if log:
+            out.close()
 
 
 class RemoteEngine(DaskEngine):
