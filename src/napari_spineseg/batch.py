@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["BatchItem", "default_workers", "local_cluster", "segment_many", "summary"]
 
-INSTALL_HINT = "pip install 'napari-spineseg[batch]'"
+INSTALL_HINT = "pip install 'dask[distributed]'"
 
 # How many times the scheduler re-runs a file whose worker process died (killed for
 # memory, a segfault in the model) before reporting it failed, on a cluster started here.
@@ -74,13 +74,14 @@ class BatchItem:
         return self.error is None
 
 
-def _distributed():
-    """The ``distributed`` module, or a SpinesegError that says how to install it."""
+def _distributed(purpose: str = "batch segmentation"):
+    """The ``distributed`` module, or a SpinesegError that says how to install it (a
+    dependency of napari-spineseg: missing only from a broken or partial install)."""
     try:
         import distributed
     except ImportError as exc:
         raise SpinesegError(
-            "batch segmentation needs dask.distributed, which is not installed; "
+            f"{purpose} needs dask.distributed, which is not installed; "
             f"install it with: {INSTALL_HINT}"
         ) from exc
     return distributed

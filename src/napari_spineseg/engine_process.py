@@ -305,7 +305,7 @@ class LocalEngine(DaskEngine):
 
         from .batch import _distributed
 
-        distributed = _distributed()
+        distributed = _distributed("the engine process (SPINESEG_ENGINE=inprocess: without)")
         self._stop_processes()
         try:
             with dask.config.set(LOCAL_ENGINE_CONFIG), warnings.catch_warnings():
@@ -434,7 +434,7 @@ class RemoteEngine(DaskEngine):
     def _connect(self) -> Client:
         from .batch import _distributed
 
-        distributed = _distributed()
+        distributed = _distributed("a remote engine")
         try:
             client = distributed.Client(self.address, timeout=self.connect_timeout)
         except (OSError, TimeoutError) as exc:
