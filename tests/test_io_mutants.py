@@ -21,6 +21,7 @@ import pytest
 
 import nifti_factory as fx
 from napari_spineseg.errors import NiftiError
+from napari_spineseg.io import load
 from napari_spineseg.io.checks import (
     Sniffed,
     check_header,
@@ -370,3 +371,15 @@ def test_sniff_reports_what_the_bytes_say(tmp_path):
     assert sniff(two) == Sniffed(False, 2, "<", 544 + 420, (0.0, 5.0))
     big = fx.write(tmp_path / "big.nii", fx.raw_nifti(d, fx.raw_header(d), endian=">"))
     assert sniff(big) == Sniffed(False, 1, ">", 352 + 420, (1.0, 0.0))
+
+
+def test_one_dimensional_file_passes_the_byte_checks(tmp_path):
+    """dim[0] = 1 is legal NIfTI: the byte checks accept it, the display grid refuses it."""
+    path = fx.write(
+        tmp_path / "line.nii",
+        fx.raw_nifti(np.arange(10, dtype=np.int16), fx.raw_header(np.arange(10, dtype=np.int16))),
+    )
+    assert sniff(path) == Sniffed(False, 1, "<", 352 + 20, (1.0, 0.0))
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert info.value.problem == "spatial shape must be 2D or 3D, got (10,)"
