@@ -212,3 +212,39 @@ def test_unreadable_write_is_reported_with_the_reader_error(source, monkeypatch)
         "nothing was replaced. " + CORRUPTION_FIX
     )
     assert not target.exists() and _temps(source.path.parent) == []
+
+
+# -------------------------------------------------------------------------- the lock
+
+
+def test_save_waits_for_the_lock_then_gives_up_in_full(source, monkeypatch):
+    """Another save of the same file holds the lock: this one waits, then refuses."""
+    target = source.path.parent / "t2_seg.nii.gz"
+    monkeypatch.setattr(atomic, "LOCK_TIMEOUT_S", 1.0)
+    # the lock held on a separate open file: flock makes the save wait
+    with atomic.target_lock(target), pytest.raises(SaveRefusedError) as info:
+        save_labels(_mask(0), target, like=source)
+    assert str(info.value) == (
+        f"{target}: another program (or another napari window) has been saving this file "
+        "for 1 s; nothing was written, your edits are still in memory. Try again when it "
+        "has finished"
+    )
+    assert not target.exists() and _temps(source.path.parent) == []
+
+
+def test_file_system_without_locks_saves_unlocked_with_a_warning(source, monkeypatch, caplog):
+    """Some FUSE/SMB mounts answer flock with ENOLCK: the save goes ahead, logged."""
+    target = source.path.parent / "t2_seg.nii.gz"
+    failure = OSError(errno.ENOLCK, "No locks available")
+
+    def no_locks(fd, operation):
+        raise failure
+
+    monkeypatch.setattr(atomic.fcntl, "flock", no_locks)
+    monkeypatch.setattr(atomic, "LOCK_TIMEOUT_S", 1.0)  # a wrong "busy" would refuse
+    with caplog.at_level(logging.WARNING, logger="napari_spineseg.io.atomic"):
+        save_labels(_mask(0), target, like=source)
+    np.testing.assert_array_equal(load(target).data, _mask(0))
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{target}: file locking unsupported here ({failure}): saving unlocked"
+    ]
