@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 import nifti_factory as fx
-from napari_spineseg.errors import GeometryWarning, SaveRefusedError
+from napari_spineseg.errors import GeometryWarning, LabelsError, SaveRefusedError
 from napari_spineseg.io import atomic, load, save_labels, writer
 
 CORRUPTION_FIX = (
@@ -248,3 +249,165 @@ def test_file_system_without_locks_saves_unlocked_with_a_warning(source, monkeyp
     assert [r.getMessage() for r in caplog.records] == [
         f"{target}: file locking unsupported here ({failure}): saving unlocked"
     ]
+
+
+# ------------------------------------------------------------------- labels and dtype
+
+
+def test_label_dtype_edges_and_message():
+    assert writer.label_dtype(np.zeros(0, np.int64)) == np.uint8  # nothing to store
+    assert writer.label_dtype(np.array([300])) == np.int16  # one voxel is still judged
+    with pytest.raises(LabelsError) as info:
+        writer.label_dtype(np.array([40000]))
+    assert str(info.value) == (
+        "label value 40000 does not fit in int16 (max 32767), the widest label type that "
+        "FSL, AFNI and ITK all read and write"
+    )
+
+
+def test_label_array_refusals_in_full():
+    probabilities = np.array([0.2, 0.5, np.nan, 0.9])
+    binarised = writer.as_label_array(probabilities, threshold=0.5)
+    assert binarised.dtype == np.uint8 and binarised.tolist() == [0, 1, 0, 1]
+    cases = [
+        (np.array(["a"]), 0.5, "cannot threshold data of type <U1"),
+        (
+            np.array([True]),
+            None,
+            "boolean mask: pass threshold=0.5 to store it as 0/1, or convert it explicitly "
+            "(mask.astype(np.uint8))",
+        ),
+        (
+            np.array([0.5], np.float32),
+            None,
+            "floating-point mask (float32): refusing to guess. Pass threshold=0.5 to binarise "
+            "a probability map, or cast integer labels explicitly "
+            "(np.rint(mask).astype(np.int16))",
+        ),
+        (np.array(["a"]), None, "labels must be integers, not <U1"),
+    ]
+    for labels, threshold, message in cases:
+        with pytest.raises(LabelsError) as info:
+            writer.as_label_array(labels, threshold)
+        assert str(info.value) == message
+
+
+def test_mask_on_another_grid_is_refused_even_with_the_same_voxel_count(source):
+    target = source.path.parent / "t2_seg.nii.gz"
+    transposed = _mask(0).transpose(2, 1, 0)  # (5, 6, 7): 210 voxels like (7, 6, 5)
+    with pytest.raises(LabelsError) as info:
+        save_labels(transposed, target, like=source)
+    assert str(info.value) == (
+        f"labels have shape (5, 6, 7) but {source.path} has spatial shape (7, 6, 5): "
+        "a mask must be on its image's grid"
+    )
+    assert not target.exists()
+
+
+def test_single_slice_source_takes_a_2d_mask(tmp_path):
+    path = fx.write_image(tmp_path / "slice.nii.gz", fx.phantom((7, 6, 1)), fx.oblique_affine())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeometryWarning)
+        src = load(path)
+    mask = (fx.phantom((7, 6)) % 3).astype(np.uint8)
+    out = save_labels(mask, tmp_path / "slice_seg.nii.gz", like=src)
+    np.testing.assert_array_equal(load(out).data, mask.reshape(7, 6, 1))
+
+
+# --------------------------------------------------------------- what the mask carries
+
+
+def test_mask_header_marks_labels_and_keeps_the_description(source):
+    target = source.path.parent / "t2_seg.nii.gz"
+    description = "é" + "x" * 100  # not ASCII, and longer than the 80-byte field
+    save_labels(_mask(0), target, like=source, descrip=description)
+    hdr = load(target).header
+    assert hdr.get_intent() == ("label", (), "label")
+    assert (float(hdr["cal_min"]), float(hdr["cal_max"])) == (0.0, 2.0)
+    assert hdr["descrip"].item() == b"?" + b"x" * 78  # 79 bytes and a terminating NUL
+
+
+def test_compressed_mask_is_deterministic(source):
+    """No file name, mtime 0, level 1 (XFL 4): the same labels give the same bytes."""
+    first = save_labels(_mask(0), source.path.parent / "a_seg.nii.gz", like=source)
+    second = save_labels(_mask(0), source.path.parent / "b_seg.nii.gz", like=source)
+    raw = first.read_bytes()
+    assert raw[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x04\xff"
+    assert raw == second.read_bytes()
+
+
+# ----------------------------------------------------------- refusals before any write
+
+
+def test_free_space_bound_is_exact(source, monkeypatch):
+    """A save needs twice the file (temporary + a copied version) and 1 MiB to spare."""
+    target = source.path.parent / "t2_seg.nii"
+    needed = 352 + 7 * 6 * 5  # header + uint8 voxels
+    real_usage = shutil.disk_usage
+    for free in (2 * needed + (1 << 20), 2 * needed + (1 << 20) - 1):
+        usage = real_usage(source.path.parent)._replace(free=free)
+        monkeypatch.setattr(shutil, "disk_usage", lambda folder, usage=usage: usage)
+        if free == 2 * needed + (1 << 20):
+            save_labels(_mask(0), target, like=source)
+            continue
+        with pytest.raises(SaveRefusedError) as info:
+            save_labels(_mask(1), target, like=source)
+        assert str(info.value) == (
+            f"{target}: not enough free space in {target.parent} ({free} bytes free, "
+            f"{needed} needed); nothing was written, your edits are still in memory"
+        )
+    np.testing.assert_array_equal(load(target).data, _mask(0))
+
+
+def test_refusals_of_the_folder_in_full(source, monkeypatch):
+    missing = source.path.parent / "no_such_folder" / "t2_seg.nii.gz"
+    with pytest.raises(SaveRefusedError) as info:
+        save_labels(_mask(0), missing, like=source)
+    assert str(info.value) == f"{missing}: folder {missing.parent} does not exist"
+
+    def unreadable(folder):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    target = source.path.parent / "t2_seg.nii.gz"
+    monkeypatch.setattr(shutil, "disk_usage", unreadable)
+    with pytest.raises(SaveRefusedError) as info:
+        save_labels(_mask(0), target, like=source)
+    assert str(info.value) == (
+        f"{target}: cannot write in {target.parent} (Permission denied); nothing was written, "
+        "your edits are still in memory. Fix: you may not write there: save to another "
+        "folder or ask for write access"
+    )
+
+
+def test_source_reached_through_a_hard_link_is_refused_in_full(source):
+    link = source.path.parent / "t2_link.nii.gz"
+    os.link(source.path, link)
+    before = source.path.read_bytes()
+    with pytest.raises(SaveRefusedError) as info:
+        save_labels(_mask(0), link, like=source)
+    assert str(info.value) == (
+        f"{link} is the source image: refusing to overwrite it with a mask "
+        "(choose another name, e.g. with a _seg suffix)"
+    )
+    assert source.path.read_bytes() == before
+
+
+def test_mask_saved_again_after_its_source_was_moved(source):
+    target = source.path.parent / "t2_seg.nii.gz"
+    save_labels(_mask(0), target, like=source)
+    source.path.rename(source.path.parent / "moved.nii.gz")  # samefile() cannot stat it
+    save_labels(_mask(1), target, like=source)
+    np.testing.assert_array_equal(load(target).data, _mask(1))
+
+
+def test_stale_sibling_refusal_in_full(source):
+    target = source.path.parent / "t2_seg.nii.gz"
+    sibling = source.path.parent / "t2_seg.nii"
+    sibling.write_bytes(b"an older mask")
+    with pytest.raises(SaveRefusedError) as info:
+        save_labels(_mask(0), target, like=source)
+    assert str(info.value) == (
+        f"{sibling} exists next to t2_seg.nii.gz: ITK-based tools (ITK-SNAP, Slicer, ANTs) "
+        "open the .nii even when asked for the .nii.gz, so they would show the stale file. "
+        "Rename or remove it first"
+    )
