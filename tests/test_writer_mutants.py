@@ -411,3 +411,50 @@ def test_stale_sibling_refusal_in_full(source):
         "open the .nii even when asked for the .nii.gz, so they would show the stale file. "
         "Rename or remove it first"
     )
+
+
+# ------------------------------------------------------------------- atomic primitives
+
+
+def test_name_limit_is_asked_of_the_file_system(tmp_path, monkeypatch):
+    """eCryptfs allows 143 bytes: temporaries must be named for that limit, not 255."""
+    monkeypatch.setattr(os, "pathconf", lambda folder, name: {"PC_NAME_MAX": 143}[name])
+    assert atomic.name_max(tmp_path) == 143
+
+
+def test_write_new_never_overwrites_and_survives_a_refused_chmod(tmp_path, monkeypatch):
+    existing = tmp_path / "kept.bin"
+    existing.write_bytes(b"old")
+    with pytest.raises(FileExistsError):
+        atomic.write_new(existing, b"new")
+    assert existing.read_bytes() == b"old"
+
+    def refused(fd, mode):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "fchmod", refused)  # some shares refuse chmod: best effort
+    atomic.write_new(tmp_path / "fresh.bin", b"data", 0o640)
+    assert (tmp_path / "fresh.bin").read_bytes() == b"data"
+
+
+def test_fsync_of_a_folder_that_cannot_be_opened_is_skipped(tmp_path):
+    assert atomic.fsync_dir(tmp_path / "gone") is None
+
+
+def test_targets_that_are_not_files_are_refused_in_full(tmp_path):
+    folder = tmp_path / "t2_seg.nii.gz"
+    folder.mkdir()
+    with pytest.raises(SaveRefusedError) as info:
+        atomic.check_target(folder)
+    assert str(info.value) == (
+        f"{folder} is a folder: save the mask under a file name (inside it, or next to it); "
+        "nothing was written"
+    )
+    pipe = tmp_path / "pipe_seg.nii.gz"
+    os.mkfifo(pipe)
+    with pytest.raises(SaveRefusedError) as info:
+        atomic.check_target(pipe)
+    assert str(info.value) == (
+        f"{pipe} exists and is not a regular file (a pipe or a device?): choose another "
+        "name; nothing was written"
+    )
