@@ -458,3 +458,15 @@ def test_targets_that_are_not_files_are_refused_in_full(tmp_path):
         f"{pipe} exists and is not a regular file (a pipe or a device?): choose another "
         "name; nothing was written"
     )
+
+
+def test_lock_file_is_readable_by_colleagues_and_removed(tmp_path):
+    """rw for all (less the umask): a colleague's save can open it; it is never left."""
+    target = tmp_path / "t2_seg.nii.gz"
+    umask = os.umask(0o022)
+    try:
+        with atomic.target_lock(target):
+            assert atomic.lock_path(target).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
+    assert not atomic.lock_path(target).exists()
