@@ -9,11 +9,13 @@ changing the bytes that reach the disk.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import logging
 import os
 import shutil
 import struct
+import time
 import warnings
 from pathlib import Path
 
@@ -470,3 +472,68 @@ def test_lock_file_is_readable_by_colleagues_and_removed(tmp_path):
     finally:
         os.umask(umask)
     assert not atomic.lock_path(target).exists()
+
+
+# ---------------------------------------------------------------------- the history
+
+
+def _kept(target: Path) -> list[np.ndarray]:
+    return [np.asarray(load(v).data) for v in writer.history_versions(target)]
+
+
+def test_version_kept_before_a_failed_replace_is_not_kept_twice(source, monkeypatch):
+    """A replace that failed after archiving leaves the target's version as the newest
+    kept one: the next save must not keep it a second time."""
+    target = source.path.parent / "t2_seg.nii.gz"
+    for seed in range(4):  # history: masks 0, 1, 2; the target holds mask 3
+        save_labels(_mask(seed), target, like=source)
+    real_replace = os.replace
+
+    def refusing(src, dst, *args, **kwargs):
+        if Path(dst) == target:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refusing)
+    with pytest.raises(SaveRefusedError):
+        save_labels(_mask(4), target, like=source)
+    monkeypatch.undo()
+    save_labels(_mask(4), target, like=source)
+    kept = _kept(target)
+    assert len(kept) == 4
+    for version, seed in zip(kept, range(4), strict=True):
+        np.testing.assert_array_equal(version, _mask(seed))
+
+
+def test_version_names_are_in_utc_whatever_the_time_zone(source, monkeypatch):
+    target = source.path.parent / "t2_seg.nii.gz"
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time.tzset()
+    try:
+        save_labels(_mask(0), target, like=source)
+        save_labels(_mask(1), target, like=source)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    (version,) = writer.history_versions(target)
+    stamp = dt.datetime.strptime(version.name[:21], "%Y%m%dT%H%M%S%f").replace(tzinfo=dt.UTC)
+    assert abs((dt.datetime.now(dt.UTC) - stamp).total_seconds()) < 600
+
+
+def test_pruning_that_cannot_delete_does_not_fail_the_save(source, monkeypatch):
+    target = source.path.parent / "t2_seg.nii.gz"
+    monkeypatch.setattr(writer, "HISTORY_KEEP", 1)
+    history = writer.history_folder(target)
+    real_unlink = Path.unlink
+
+    def protected(self, *args, **kwargs):
+        if self.parent == history:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", protected)
+    for seed in range(3):
+        save_labels(_mask(seed), target, like=source)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(load(target).data, _mask(2))
+    assert len(writer.history_versions(target)) == 2  # nothing could be pruned
