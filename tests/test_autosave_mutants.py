@@ -211,3 +211,12 @@ def test_prune_age_bound_and_count(tmp_path):
         os.utime(folder, (now - 40 * 86400, now - 40 * 86400))
     assert autosave.prune(30.0, cache) == 2
     assert sorted(p.name for p in cache.glob("*.npz") if p.is_file()) == ["fresh.npz"]
+
+
+def test_prune_default_age_is_30_days(tmp_path, monkeypatch):
+    monkeypatch.setenv(autosave.ENV_VAR, str(tmp_path))
+    path = tmp_path / "month_old.npz"
+    path.write_bytes(b"x")
+    then = time.time() - 30.5 * 86400
+    os.utime(path, (then, then))
+    assert autosave.prune() == 1 and not path.exists()
