@@ -220,3 +220,18 @@ def test_prune_default_age_is_30_days(tmp_path, monkeypatch):
     then = time.time() - 30.5 * 86400
     os.utime(path, (then, then))
     assert autosave.prune() == 1 and not path.exists()
+
+
+def test_failed_cleanup_does_not_hide_the_write_error(tmp_path, monkeypatch):
+    saver = _saver(tmp_path)
+
+    def full_disk(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def refused(path, *args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    monkeypatch.setattr(os, "unlink", refused)
+    with pytest.raises(OSError, match="No space left on device"):
+        saver.save(_labels())
