@@ -9,14 +9,28 @@ scan, and the message of every shape error. Expected values are computed indepen
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_spineseg.io.checks import header_findings, quaternion_norm2, sibling_of
+import nifti_factory as fx
+from napari_spineseg.errors import NiftiError
+from napari_spineseg.io import load
+from napari_spineseg.io.checks import (
+    Sniffed,
+    check_header,
+    header_findings,
+    qform_is_invalid,
+    quaternion_norm2,
+    sibling_of,
+    sniff,
+)
 from napari_spineseg.io.geometry import RAS_TO_DISPLAY, DisplayGeometry
 
 
@@ -217,3 +231,155 @@ def test_sibling_and_quaternion_norm():
     hdr = nib.Nifti1Header()
     hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"] = 0.5, 0.25, 0.75
     assert quaternion_norm2(hdr) == 0.25 + 0.0625 + 0.5625
+
+
+def test_findings_oblique_anisotropic_grid_is_clean():
+    """Voxel sizes are column lengths: rows of a rotated 0.5 x 0.8 x 2 grid differ from them."""
+    affine, _ = _oblique(30.0)
+    assert header_findings(_image(affine, shape=(20, 30, 12))) == []
+
+
+def test_findings_2d_image_has_no_third_axis_to_disagree_on():
+    """A 2D image lies at k = 0: forms that differ only along k place it identically."""
+    assert header_findings(_image(qform=np.diag([1.0, 1.0, 3.0, 1.0]), shape=(10, 12))) == []
+
+
+def test_findings_qform_sform_distance_is_taken_at_the_grid_corners():
+    stretched = np.diag([1.1, 1.0, 1.0, 1.0])  # 0.1 mm more per voxel along i
+    # index 0 agrees, index 9 (the last of 10) is 0.9 mm off
+    assert header_findings(_image(qform=stretched))[0] == (
+        "qform and sform disagree by up to 0.9 mm: FSL/nibabel (sform) and "
+        "some ITK-based tools (qform) will place this image differently"
+    )
+    stretched[0, 3] = -1.0  # now index 0 is 1 mm off and index 9 only 0.1 mm
+    assert header_findings(_image(qform=stretched))[0] == (
+        "qform and sform disagree by up to 1 mm: FSL/nibabel (sform) and "
+        "some ITK-based tools (qform) will place this image differently"
+    )
+
+
+def test_findings_units_and_scaling_in_full():
+    img = _image()
+    img.header.set_xyzt_units("meter")
+    assert header_findings(img) == [
+        "spatial unit is 'meter': napari shows the stored numbers as mm, ITK-based "
+        "tools rescale them"
+    ]
+    img = _image()
+    assert header_findings(img, raw_scaling=(0.0, 0.0)) == []  # the usual "no scaling"
+    assert header_findings(img, raw_scaling=(0.0, 1.0)) == [
+        "scl_slope is 0 with scl_inter 1: no scaling applied (NIfTI standard); ITK-based "
+        "tools add the intercept anyway"
+    ]
+
+
+def test_findings_pixdim_tolerance_is_1nm_on_submicron_grids():
+    """0.5 nm between pixdim and affine on a 0.5 µm grid is rounding, not a disagreement."""
+    img = _image(np.diag([5e-4, 5e-4, 5e-4, 1.0]), qcode=0)
+    img.header["pixdim"][1:4] = 5.005e-4
+    assert header_findings(img) == []
+    img.header["pixdim"][1:4] = 5.05e-4  # 5 nm: reported
+    assert header_findings(img)[0].startswith("voxel size differs between pixdim (0.000505, ")
+
+
+# ------------------------------------------------------------- io/checks.py check_header
+
+
+def _bad_quaternion_image(scode: int, qcode: int = 1):
+    img = _image(qcode=qcode, scode=scode)
+    img.header["quatern_b"], img.header["quatern_c"], img.header["quatern_d"] = 0.9, 0.9, 0.0
+    return img
+
+
+def test_bad_quaternion_refused_without_sform_warned_with_it():
+    path = Path("/data/sub-01_T2w.nii.gz")
+    with pytest.raises(NiftiError) as info:
+        check_header(path, _bad_quaternion_image(scode=0), -1e-6)
+    assert str(info.value) == (
+        "/data/sub-01_T2w.nii.gz: the qform quaternion is not a rotation (b²+c²+d² = 1.62 > 1, "
+        "corrupt qform) and there is no sform to use instead"
+    )
+    assert check_header(path, _bad_quaternion_image(scode=1), -1e-6) == [
+        "the qform quaternion is not a rotation (b²+c²+d² = 1.62 > 1, corrupt qform): using "
+        "the sform, as FSL and nibabel do; ITK-based tools (ITK-SNAP, Slicer, ANTs) may refuse "
+        "this file or place it differently"
+    ]
+    # a qform without a code is used by nobody: its quaternion does not matter
+    assert check_header(path, _bad_quaternion_image(scode=1, qcode=0), -1e-6) == []
+
+
+def test_unit_quaternion_is_a_rotation_at_threshold_zero():
+    """b²+c²+d² = 1 exactly (180 degrees about x) is a rotation: accepted up to 1 - threshold."""
+    hdr = nib.Nifti1Header()
+    hdr.set_qform(np.diag([1.0, -1.0, -1.0, 1.0]), code=1)
+    assert quaternion_norm2(hdr) == 1.0
+    assert not qform_is_invalid(hdr, 0.0)
+    assert qform_is_invalid(hdr, 1e-9)
+
+
+# ------------------------------------------------------------------- io/checks.py sniff
+
+
+def _gzip_of_size(payload: bytes, size: int) -> bytes:
+    """A valid gzip member of exactly ``size`` bytes: padded in the header's FEXTRA field,
+    so the compressed stream (and what it decompresses to) is unchanged."""
+    comp = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = comp.compress(payload) + comp.flush()
+    trailer = struct.pack("<II", zlib.crc32(payload), len(payload))
+    pad = size - (10 + 2 + len(body) + len(trailer))
+    assert pad >= 0
+    flags_extra = b"\x1f\x8b\x08\x04" + b"\x00" * 4 + b"\x02\xff"  # FEXTRA, no mtime
+    return flags_extra + struct.pack("<H", pad) + b"\x00" * pad + body + trailer
+
+
+def test_deflate_bound_is_exact(tmp_path):
+    """A .nii.gz of S bytes may claim up to 1032 S + 4096 bytes, not one more."""
+    size, n = 600, 100 * 100 * 50  # uint8 voxels: the data size is n bytes
+    bound = 1032 * size + 4096
+    hdr = fx.raw_header(np.zeros((1, 1, 1), np.uint8))
+    hdr.set_data_shape((100, 100, 50))
+    header = bytearray(fx.raw_nifti(np.empty(0, np.uint8), hdr))
+    for extra in (0, 1):
+        header[108:112] = struct.pack("<f", bound - n + extra)  # vox_offset
+        path = tmp_path / f"bound{extra}.nii.gz"
+        path.write_bytes(_gzip_of_size(bytes(header), size))
+        assert path.stat().st_size == size
+        with gzip.open(path) as fh:
+            assert fh.read() == bytes(header)
+        if extra == 0:
+            assert sniff(path).expected_bytes == bound
+            continue
+        with pytest.raises(NiftiError) as info:
+            sniff(path)
+        assert info.value.problem == (
+            f"the header claims {bound + 1:,} bytes of image data but a 600-byte .nii.gz can "
+            f"hold at most {1032 * 600:,}: its dimensions (dim) or vox_offset are corrupt; "
+            "re-export the image from its source, or repair the header with nibabel "
+            "(img = nib.load(path); img.header...; nib.save(img, new_path))"
+        )
+
+
+def test_sniff_reports_what_the_bytes_say(tmp_path):
+    d = fx.phantom()  # int16: 210 voxels, 420 bytes
+    one = fx.write_image(tmp_path / "one.nii.gz", d, scl_slope=2.5, scl_inter=-10.0)
+    assert sniff(one) == Sniffed(True, 1, "<", 352 + 420, (2.5, -10.0))
+    two = fx.write(
+        tmp_path / "two.nii",
+        fx.raw_nifti(d, fx.raw_header(d, cls=nib.Nifti2Header, scl_slope=0.0, scl_inter=5.0)),
+        gz=False,
+    )
+    assert sniff(two) == Sniffed(False, 2, "<", 544 + 420, (0.0, 5.0))
+    big = fx.write(tmp_path / "big.nii", fx.raw_nifti(d, fx.raw_header(d), endian=">"))
+    assert sniff(big) == Sniffed(False, 1, ">", 352 + 420, (1.0, 0.0))
+
+
+def test_one_dimensional_file_passes_the_byte_checks(tmp_path):
+    """dim[0] = 1 is legal NIfTI: the byte checks accept it, the display grid refuses it."""
+    path = fx.write(
+        tmp_path / "line.nii",
+        fx.raw_nifti(np.arange(10, dtype=np.int16), fx.raw_header(np.arange(10, dtype=np.int16))),
+    )
+    assert sniff(path) == Sniffed(False, 1, "<", 352 + 20, (1.0, 0.0))
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert info.value.problem == "spatial shape must be 2D or 3D, got (10,)"
