@@ -307,3 +307,12 @@ def test_a_script_without_a_main_guard_uses_the_engine_process(env, tmp_path):
     want = sum(int(o.labels.sum()) for o in api.segment(path, **OPTIONS).outputs.values())
     assert f"voxels {want}" in out.stdout
     assert marker.read_text() == "ran\n"  # the script ran once: not again in the engine
+
+
+def test_the_engine_is_not_the_sessions_default_dask_client(engine, volume):
+    """A notebook's own dask work must not be sent to the engine's worker."""
+    import distributed
+
+    engine.segment(volume, RUN)
+    with pytest.raises(ValueError, match="No clients found"):
+        distributed.default_client()

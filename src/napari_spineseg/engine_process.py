@@ -322,7 +322,9 @@ class LocalEngine(DaskEngine):
                     dashboard_address=None,  # no web server (nor bokeh) in the viewer
                 )
             self._worker = start_worker_process(self._cluster.scheduler_address)
-            client = distributed.Client(self._cluster)
+            # not the process's default client: a user's own dask work in the same
+            # session (a notebook's dask.compute) must not land on the engine
+            client = distributed.Client(self._cluster, set_as_default=False)
             client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
             return client
         except Exception as exc:
@@ -436,7 +438,9 @@ class RemoteEngine(DaskEngine):
 
         distributed = _distributed("a remote engine")
         try:
-            client = distributed.Client(self.address, timeout=self.connect_timeout)
+            client = distributed.Client(
+                self.address, timeout=self.connect_timeout, set_as_default=False
+            )
         except (OSError, TimeoutError) as exc:
             raise EngineStoppedError(
                 f"cannot reach the engine at {self.address} ({exc}): start it there "
