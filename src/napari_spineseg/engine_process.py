@@ -6,8 +6,8 @@
 
 The viewer never imports torch or nnU-Net: the model is loaded, and stays loaded (the
 engine cache of :mod:`napari_spineseg.segmentation`), in a worker process. Locally that
-is a dask scheduler in this process and one ``dask worker`` process (with its nanny, in an
-interpreter of its own) started on first use and kept for the session (the same machinery
+is a dask scheduler in this process and one ``dask worker`` process (an interpreter of its
+own) started on first use and kept for the session (the same machinery
 as ``spineseg batch``); remotely, the workers of a running scheduler
 (``SPINESEG_ENGINE=tcp://gpu-box:8786``), served the same task function.
 
@@ -16,7 +16,7 @@ model input and header, no path), sent, and :func:`~napari_spineseg.engine_task.
 segment_shipped` runs :func:`api.segment` there. Progress comes back as dask events and is
 handed to ``progress`` on the calling thread. Cancel asks the run to stop at its next
 report; a run that has not stopped :data:`KILL_AFTER_S` later is killed (the local
-worker's nanny starts a fresh one). A worker that dies (killed for memory, a crash in the
+engine starts a fresh worker). A worker that dies (killed for memory, a crash in the
 model) or a scheduler that goes away ends the run with :class:`EngineStoppedError`; a
 cancelled or failed run never returns a result. The result comes back without its source:
 the caller's :class:`~napari_spineseg.io.Volume` and input path are put back here.
@@ -75,13 +75,12 @@ CONNECT_TIMEOUT_S = 10.0
 #: seconds a run waits for the local engine's worker process to (re)start
 WORKER_START_TIMEOUT_S = 60.0
 #: dask settings of the local engine: a run whose worker died is reported, not re-run (it
-#: would die again); the worker keeps the user's environment (dask's nanny would set
+#: would die again); no HTTP routes (nothing to browse, nothing served). The worker runs
+#: without a nanny, so it keeps the user's environment (a nanny would set
 #: MALLOC_TRIM_THRESHOLD_=65536, which sends every large tensor allocation through
-#: mmap/munmap: warm runs measured 1.5x slower, and OMP/MKL/OPENBLAS_NUM_THREADS=1);
-#: no HTTP routes (nothing to browse, nothing served)
+#: mmap/munmap: warm runs measured 1.4-1.6x slower, and OMP/MKL/OPENBLAS_NUM_THREADS=1)
 LOCAL_ENGINE_CONFIG = {
     "distributed.scheduler.allowed-failures": 0,
-    "distributed.nanny.pre-spawn-environ": {},
     "distributed.scheduler.http.routes": [],
     "distributed.worker.http.routes": [],
 }
@@ -198,6 +197,8 @@ class DaskEngine:
         except EngineStoppedError:
             if client.status != "running":  # the scheduler went away: reconnect next time
                 self._drop(client)
+            else:
+                self._replace_dead_worker()
             raise
         finally:
             self._runs.pop(run_id, None)
@@ -277,6 +278,10 @@ class DaskEngine:
 
         threading.Thread(target=ask, name="spineseg-cancel", daemon=True).start()
 
+    def _replace_dead_worker(self) -> None:
+        """After a run lost its worker: start a fresh one now (it warms up while the user
+        reads the error), where the engine owns its workers."""
+
     def _kill(self, client, run: _Run) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -286,11 +291,12 @@ class DaskEngine:
 
 class LocalEngine(DaskEngine):
     """The engine process on this computer: a dask scheduler here and one ``dask worker``
-    process (:func:`start_worker_process`) on 127.0.0.1.
+    process (:func:`start_worker_process`) on 127.0.0.1; a worker that died (killed by
+    Cancel, out of memory, a crash) is replaced before the next run.
 
     Started on first use and kept until :meth:`close` (or the viewer exits). A run whose
     worker dies is never re-run (it would die again): it fails with
-    :class:`EngineStoppedError`, and the worker's nanny starts a fresh process.
+    :class:`EngineStoppedError`, and the next run starts a fresh worker process.
     """
 
     where = "the engine process"
@@ -340,13 +346,13 @@ class LocalEngine(DaskEngine):
         return options
 
     def _before_submit(self, client) -> None:
-        if self._worker is None or self._worker.poll() is not None:
-            # the worker's nanny itself is gone (killed with its worker): report it, and
-            # the next run starts a fresh engine
-            self._drop(client)
-            raise EngineStoppedError(self._stopped(lost=True))
-        # after a kill, the nanny starts a fresh worker: wait for it (a second or two)
+        self._replace_dead_worker()
         client.wait_for_workers(1, timeout=WORKER_START_TIMEOUT_S)
+
+    def _replace_dead_worker(self) -> None:
+        # killed (Cancel, out of memory) or crashed: a fresh worker process
+        if self._cluster is not None and (self._worker is None or self._worker.poll() is not None):
+            self._worker = start_worker_process(self._cluster.scheduler_address)
 
     def _kill(self, client, run: _Run) -> None:
         workers = {run.address: run.pid} if run.pid else {}
@@ -361,8 +367,12 @@ class LocalEngine(DaskEngine):
         while time.monotonic() < end:
             with contextlib.suppress(Exception):
                 if not set(workers) & set(client.scheduler_info().get("workers", {})):
-                    return
+                    break
             time.sleep(POLL_S)
+        if self._worker is not None and self._worker.pid in workers.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._worker.wait(2)  # reaped, so that it reads as dead
+        self._replace_dead_worker()
 
     def _stopped(self, lost: bool) -> str:
         return (
@@ -375,7 +385,7 @@ class LocalEngine(DaskEngine):
     def _stop_processes(self) -> None:
         worker, self._worker = self._worker, None
         if worker is not None and worker.poll() is None:
-            worker.terminate()  # the nanny stops its worker and exits
+            worker.terminate()
             try:
                 worker.wait(10)
             except subprocess.TimeoutExpired:
@@ -391,7 +401,7 @@ class LocalEngine(DaskEngine):
 
 
 def start_worker_process(address: str) -> subprocess.Popen:
-    """The local engine's worker: ``dask worker`` (with its nanny) in a new interpreter.
+    """The local engine's worker: ``dask worker`` in a new interpreter (no nanny).
 
     Not a ``multiprocessing`` child of the viewer: ``spawn`` would import the caller's
     main script in the engine (a researcher's script without an ``if __name__ ==
@@ -406,7 +416,9 @@ def start_worker_process(address: str) -> subprocess.Popen:
         name = "DASK_" + key.upper().replace(".", "__").replace("-", "_")
         env[name] = repr(value)
     cmd = [sys.executable, "-m", "distributed.cli.dask_worker", address]
-    cmd += ["--nthreads", "1", "--nworkers", "1", "--host", "127.0.0.1", "--no-dashboard"]
+    # no nanny: it would set dask's worker environment (MALLOC_TRIM_THRESHOLD_=65536 made
+    # warm runs 1.4-1.6x slower; OMP_NUM_THREADS=1); the engine restarts a dead worker
+    cmd += ["--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"]
     cmd += ["--death-timeout", "60", "--name", "spineseg-engine"]
     log = os.environ.get("SPINESEG_ENGINE_LOG")  # the worker's own log, for bug reports
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
