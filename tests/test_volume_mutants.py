@@ -1,0 +1,221 @@
+"""Volume cases found by mutation testing (benchmarks/README.md, io/volume.py).
+
+Each test pins what a user or a model relies on: the 3D image handed to a model (a 4D
+series reduced by mean or first volume, the dtype, a 2D file's slice thickness), the
+reader's Labels-or-Image guess, and the sampling that keeps a multi-GB file from being
+read whole at open time. Expected values come from numpy on the same voxels, never from
+the code under test.
+"""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import nifti_factory as fx
+from napari_spineseg.io import from_nifti, load
+from napari_spineseg.io.volume import _count_nonfinite, _few_values, _sample
+
+
+def _image(data: np.ndarray, zooms=(0.8, 0.9, 2.5)) -> nib.Nifti1Image:
+    affine = np.diag([*zooms, 1.0])
+    return nib.Nifti1Image(data, affine)
+
+
+# ------------------------------------------------------------------------ image3d
+def _series() -> np.ndarray:
+    """A 4D int16 series whose volumes differ (volume t holds 10 * t + voxel index)."""
+    base = np.arange(7 * 6 * 5, dtype=np.int16).reshape(7, 6, 5)
+    return np.stack([base + 10 * t for t in (3, 0, 5)], axis=3).astype(np.int16)
+
+
+def test_4d_series_reduced_by_float32_mean_by_default():
+    series = _series()
+    img = from_nifti(_image(series)).image3d()
+    data = np.asanyarray(img.dataobj)
+    assert data.dtype == np.float32
+    assert data.shape == (7, 6, 5)
+    np.testing.assert_array_equal(data, series.astype(np.float32).mean(axis=3))
+    assert img.get_data_dtype() == np.float32
+
+
+def test_4d_series_reduced_to_its_first_volume():
+    series = _series()
+    img = from_nifti(_image(series)).image3d(reduce="first")
+    data = np.asanyarray(img.dataobj)
+    assert data.dtype == np.int16
+    np.testing.assert_array_equal(data, series[..., 0])
+
+
+def test_4d_reduce_other_than_mean_or_first_is_refused():
+    vol = from_nifti(_image(_series()))
+    with pytest.raises(ValueError, match=r"^reduce must be 'mean' or 'first', not 'median'$"):
+        vol.image3d(reduce="median")
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.uint8, np.float64, np.int32])
+def test_model_image_keeps_integer_and_float_dtypes(dtype):
+    data = fx.phantom(dtype=dtype)
+    img = from_nifti(_image(data)).image3d()
+    out = np.asanyarray(img.dataobj)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, data)
+
+
+def test_model_image_of_complex_data_is_float32():
+    """nibabel-built phantoms may be complex: models get float32 (the real part)."""
+    data = fx.phantom(dtype=np.float32).astype(np.complex64)
+    out = np.asanyarray(from_nifti(_image(data)).image3d().dataobj)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, data.real)
+
+
+def test_2d_file_without_slice_thickness_gives_models_the_affine_length(tmp_path):
+    """pixdim[3] = 1e-9 mm on a 2D file: models get the affine's 3rd column length (3 mm)."""
+    data = fx.phantom((7, 6), dtype=np.int16)
+    affine = np.diag([0.8, 0.9, 3.0, 1.0])
+    hdr = fx.raw_header(data, affine, qform_code=0)
+    pixdim = hdr["pixdim"].copy()
+    pixdim[3] = 1e-9
+    hdr["pixdim"] = pixdim
+    path = fx.write(tmp_path / "slice2d.nii", fx.raw_nifti(data, hdr))
+    vol = load(path)
+    assert float(vol.header["pixdim"][3]) == pytest.approx(1e-9)
+    hdr = vol.image3d().header
+    assert tuple(float(z) for z in hdr["pixdim"][1:4]) == pytest.approx((0.8, 0.9, 3.0), abs=1e-6)
+
+
+# ----------------------------------------------------------------- Labels or Image
+def _many_integers() -> np.ndarray:
+    """Integer-valued float data with 210 distinct values: an image, by its values."""
+    return fx.phantom(dtype=np.float32)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("sub-01_T2w.nii.gz", False),
+        ("sub-01_T2w_seg.nii.gz", True),
+        ("SUB-01_T2W_SEG.NII.GZ", True),
+        ("sub-01_label-SC_mask.nii.gz", True),
+        ("sub-01_rootlets.nii.gz", True),
+    ],
+)
+def test_label_guess_by_file_name(name, expected):
+    vol = from_nifti(_image(_many_integers()), path=f"/data/{name}")
+    assert vol.looks_like_labels() is expected
+
+
+def test_label_name_needs_integer_values():
+    data = _many_integers() + np.float32(0.5)
+    vol = from_nifti(_image(data), path="/data/sub-01_T2w_seg.nii.gz")
+    assert vol.looks_like_labels() is False
+
+
+def test_label_intent_wins_over_values():
+    img = _image(_many_integers() + np.float32(0.25))
+    img.header.set_intent("label")
+    assert from_nifti(img, path="/data/t2.nii.gz").looks_like_labels() is True
+    img.header.set_intent("estimate")  # 1001, the code just below NIFTI_INTENT_LABEL
+    assert from_nifti(img, path="/data/t2.nii.gz").looks_like_labels() is False
+
+
+def test_label_guess_by_values_without_a_path():
+    few = np.zeros((7, 6, 5), np.int16)
+    few[2:4, 1:3, 1:4] = 3
+    assert from_nifti(_image(few)).looks_like_labels() is True
+    assert from_nifti(_image(fx.phantom())).looks_like_labels() is False
+    halves = np.where(few > 0, 1.5, 0.5).astype(np.float32)  # two values, not integers
+    assert from_nifti(_image(halves)).looks_like_labels() is False
+
+
+@pytest.mark.parametrize(
+    "values, expected",
+    [
+        (np.array([0, 1, 7], np.int16), True),
+        (np.array([0, 1, 255], np.uint8), True),
+        (np.array([0.0, 1.0, -4.0], np.float32), True),
+        (np.array([0.0, 1.5], np.float32), False),
+        (np.array([0.0, np.nan], np.float32), False),
+        (np.array([0.0, np.inf], np.float64), False),
+        (np.array([0, 1], np.complex64), False),
+    ],
+)
+def test_integer_valued(values, expected):
+    data = np.resize(values, (4, 3, 2))
+    assert from_nifti(_image(data)).integer_valued() is expected
+
+
+def test_from_nifti_keeps_the_path():
+    vol = from_nifti(_image(fx.phantom()), path="/data/sub-01_T2w.nii.gz")
+    assert str(vol.path) == "/data/sub-01_T2w.nii.gz"
+    assert vol.name == "sub-01_T2w"
+    assert from_nifti(_image(fx.phantom())).path is None
+
+
+# -------------------------------------------------------------------- few values
+@pytest.mark.parametrize("n, expected", [(63, True), (64, True), (65, False)])
+def test_few_values_means_at_most_64(n, expected):
+    data = np.resize(np.arange(n, dtype=np.int16), (10, 10, 10))
+    assert _few_values(data) is expected
+
+
+def test_few_values_ignores_nan_and_infinity():
+    data = np.resize(np.arange(64, dtype=np.float32), (10, 10, 10))
+    data[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    data[9, 9, 9] = 1.0  # the 64 values are still all there
+    assert set(np.unique(data[np.isfinite(data)]).tolist()) == set(range(64))
+    assert _few_values(data) is True
+
+
+def test_few_values_trusts_the_quick_sample_on_large_arrays():
+    """8M voxels: the quick sample (every 5th voxel per axis) sees 1000 values the 2M
+    sample (every 2nd) misses; the file is an image, never a label map."""
+    data = np.zeros((200, 200, 200), np.uint16)
+    data[5::10, 5::10, 5::10] = np.arange(1, 20**3 + 1).reshape(20, 20, 20)
+    assert _few_values(data) is False
+
+
+# ---------------------------------------------------------------------- sampling
+def test_small_arrays_are_sampled_whole():
+    data = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
+    np.testing.assert_array_equal(_sample(data, max_items=1000), data)
+
+
+def test_large_arrays_are_sampled_on_a_regular_grid():
+    data = np.arange(8000, dtype=np.float32).reshape(20, 20, 20)
+    # (8000 / 1000) ** (1/3) = 2: every 2nd voxel along each axis
+    np.testing.assert_array_equal(_sample(data, max_items=1000), data[::2, ::2, ::2])
+    flat = np.arange(1000, dtype=np.float32)
+    np.testing.assert_array_equal(_sample(flat, max_items=160), flat[::7])  # ceil(6.25)
+
+
+def test_memmap_sampled_in_16_runs_spread_to_the_file_end(tmp_path):
+    """16 contiguous runs, the first at the file start, the last ending at the file end,
+    in the file's (Fortran) voxel order."""
+    path = tmp_path / "raw.bin"
+    flat = np.arange(1000, dtype=np.float32)
+    flat.tofile(path)
+    mm = np.memmap(path, dtype=np.float32, mode="r", shape=(10, 10, 10), order="F")
+    sample = _sample(mm, max_items=160)
+    starts = np.linspace(0, 1000 - 10, 16).astype(np.int64)
+    expected = np.concatenate([flat[s : s + 10] for s in starts])
+    np.testing.assert_array_equal(sample, expected)
+    assert sample[0] == 0 and sample[-1] == 999
+
+
+def test_memmap_sampled_above_2m_items(tmp_path):
+    path = tmp_path / "raw.bin"
+    np.zeros(2_000_001, np.uint8).tofile(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(2_000_001,))
+    assert _sample(mm).size == 2_000_000  # 16 runs of 125 000
+
+
+# ------------------------------------------------------------------ NaN counting
+def test_nonfinite_count_of_a_huge_array_in_blocks():
+    """Above 50M voxels the count runs slice by slice: the same total."""
+    row = np.array([np.nan, 1.0, np.inf, 0.0, -np.inf] * 10 + [2.0], np.float16)  # 51
+    data = np.broadcast_to(row, (1000, 1000, 51))
+    assert data.size > 50_000_000
+    assert _count_nonfinite(data) == 1_000_000 * 30
