@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import nifti_factory as fx
+from napari_spineseg.errors import NiftiError
 from napari_spineseg.io import from_nifti, load
 from napari_spineseg.io.volume import _count_nonfinite, _few_values, _sample
 
@@ -219,3 +220,44 @@ def test_nonfinite_count_of_a_huge_array_in_blocks():
     data = np.broadcast_to(row, (1000, 1000, 51))
     assert data.size > 50_000_000
     assert _count_nonfinite(data) == 1_000_000 * 30
+
+
+# ------------------------------------------------------------------ load's refusals
+def _nifti_file(tmp_path):
+    data = fx.phantom()
+    return fx.write(tmp_path / "t2.nii", fx.raw_nifti(data, fx.raw_header(data)))
+
+
+def test_any_nibabel_failure_is_a_nifti_error_naming_the_file(tmp_path, monkeypatch):
+    """What nibabel raises on a file the header checks let through names the file and
+    the cause (type and message), never a bare nibabel traceback."""
+    path = _nifti_file(tmp_path)
+
+    def broken(p, mmap=False):
+        raise nib.filebasedimages.ImageFileError("Cannot work out file type")
+
+    monkeypatch.setattr("napari_spineseg.io.volume.read_nifti", broken)
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert info.value.path == str(path)
+    assert info.value.problem == (
+        "cannot be read as NIfTI (ImageFileError: Cannot work out file type)"
+    )
+    assert str(info.value) == f"{path}: {info.value.problem}"
+
+
+def test_uncompressed_files_are_memory_mapped_copy_on_write(tmp_path, monkeypatch):
+    """A .nii is opened with mmap="c" (no RAM for the voxels, the file never written)."""
+    from napari_spineseg.io import volume as volume_module
+
+    seen = []
+    real = volume_module.read_nifti
+
+    def spy(p, mmap=False):
+        seen.append(mmap)
+        return real(p, mmap=mmap)
+
+    monkeypatch.setattr("napari_spineseg.io.volume.read_nifti", spy)
+    vol = load(_nifti_file(tmp_path))
+    assert seen == ["c"]
+    assert isinstance(vol.data, np.memmap)
