@@ -261,3 +261,25 @@ def test_uncompressed_files_are_memory_mapped_copy_on_write(tmp_path, monkeypatc
     vol = load(_nifti_file(tmp_path))
     assert seen == ["c"]
     assert isinstance(vol.data, np.memmap)
+
+
+def test_a_non_nifti_image_from_nibabel_is_refused_by_its_class(tmp_path, monkeypatch):
+    path = _nifti_file(tmp_path)
+    data = fx.phantom()
+    analyze = nib.AnalyzeImage(data, np.eye(4))
+    monkeypatch.setattr("napari_spineseg.io.volume.read_nifti", lambda p, mmap=False: analyze)
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert str(info.value) == f"{path}: not a NIfTI image (AnalyzeImage)"
+
+
+def test_a_single_volume_4d_file_is_logged_as_3d(tmp_path, caplog):
+    one = fx.phantom((7, 6, 5, 1))
+    two = fx.phantom((7, 6, 5, 2))
+    single = fx.write(tmp_path / "one.nii", fx.raw_nifti(one, fx.raw_header(one)))
+    series = fx.write(tmp_path / "two.nii", fx.raw_nifti(two, fx.raw_header(two)))
+    with caplog.at_level("INFO", logger="napari_spineseg.io.volume"):
+        load(single)
+        load(series)
+    infos = [r.getMessage() for r in caplog.records if r.name == "napari_spineseg.io.volume"]
+    assert infos == [f"{single}: 4D with a single volume, treated as 3D"]
