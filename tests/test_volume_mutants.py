@@ -9,12 +9,15 @@ the code under test.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 import nifti_factory as fx
-from napari_spineseg.errors import NiftiError
+from napari_spineseg.errors import GeometryWarning, NiftiError
 from napari_spineseg.io import from_nifti, load
 from napari_spineseg.io.volume import _count_nonfinite, _few_values, _sample
 
@@ -283,3 +286,39 @@ def test_a_single_volume_4d_file_is_logged_as_3d(tmp_path, caplog):
         load(series)
     infos = [r.getMessage() for r in caplog.records if r.name == "napari_spineseg.io.volume"]
     assert infos == [f"{single}: 4D with a single volume, treated as 3D"]
+
+
+def test_a_sibling_nii_is_named_in_full(tmp_path):
+    data = fx.phantom()
+    gz = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    fx.write(tmp_path / "t2.nii", fx.raw_nifti(data, fx.raw_header(data)))
+    expected = (
+        "t2.nii exists next to this file: ITK-based tools (ITK-SNAP, Slicer, ANTs) open the "
+        ".nii even when asked for the .nii.gz, so they may show the other one"
+    )
+    with pytest.warns(GeometryWarning) as record:
+        vol = load(gz)
+    assert vol.warnings == [expected]
+    assert [str(w.message) for w in record] == [f"t2.nii.gz: {expected}"]
+
+
+@pytest.mark.parametrize("corner_mm, warned", [(0.06, True), (0.04, False)])
+def test_obliquity_warned_beyond_a_tenth_of_the_smallest_voxel(tmp_path, corner_mm, warned):
+    """0.5 mm voxels: drawn corners off by more than 0.05 mm are worth a warning.
+
+    A rotation by t about x moves the corner at r mm from the centre by 2 r sin(t/2);
+    here r = |(2.5 * 0.5, 2 * 0.5)| mm (grid 7 x 6 x 5)."""
+    radius = math.hypot(2.5 * 0.5, 2.0 * 0.5)
+    degrees = math.degrees(2 * math.asin(corner_mm / (2 * radius)))
+    data = fx.phantom()
+    affine = fx.oblique_affine(zooms=(0.5, 0.5, 0.5), degrees=degrees)
+    path = fx.write(tmp_path / "tilted.nii", fx.raw_nifti(data, fx.raw_header(data, affine)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vol = load(path)
+    expected = (
+        f"oblique acquisition ({degrees:.2f} degrees from the scanner axes): shown on the "
+        "nearest axis-aligned grid, so napari's world coordinates are off by up to "
+        f"{corner_mm:.2g} mm at the edges of the field of view; voxels and saved masks are exact"
+    )
+    assert vol.warnings == ([expected] if warned else [])
