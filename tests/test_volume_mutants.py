@@ -300,6 +300,7 @@ def test_a_sibling_nii_is_named_in_full(tmp_path):
         vol = load(gz)
     assert vol.warnings == [expected]
     assert [str(w.message) for w in record] == [f"t2.nii.gz: {expected}"]
+    assert record[0].filename == __file__  # shown at the caller's line, not inside load
 
 
 @pytest.mark.parametrize("corner_mm, warned", [(0.06, True), (0.04, False)])
@@ -322,3 +323,59 @@ def test_obliquity_warned_beyond_a_tenth_of_the_smallest_voxel(tmp_path, corner_
         f"{corner_mm:.2g} mm at the edges of the field of view; voxels and saved masks are exact"
     )
     assert vol.warnings == ([expected] if warned else [])
+
+
+# ------------------------------------------------------------- NaN at open time
+def test_nan_voxels_counted_in_full(tmp_path):
+    data = fx.phantom(dtype=np.float32)
+    data[1, 2, 3] = np.nan
+    data[4, 0, 0] = np.inf
+    data[6, 5, 4] = -np.inf
+    path = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    with pytest.warns(GeometryWarning):
+        vol = load(path)
+    assert vol.warnings == [
+        "3 voxels are NaN or infinite: contrast is set from finite values; "
+        "models receive them as 0"
+    ]
+
+
+def test_nan_between_the_sample_runs_of_a_mid_size_file_is_found(tmp_path):
+    """Under 50M voxels a memory-mapped file is scanned whole: a NaN that the 16-run
+    sample (125 000 voxels each) would miss is still counted."""
+    shape = (150, 140, 100)  # 2.1M voxels: the sample leaves gaps between its runs
+    data = np.zeros(shape, np.float32)
+    # file (Fortran) voxel 125 010: just after the sample's first run, before the second
+    data[np.unravel_index(125_010, shape, order="F")] = np.nan
+    path = fx.write(tmp_path / "t2.nii", fx.raw_nifti(data, fx.raw_header(data)))
+    with pytest.warns(GeometryWarning):
+        vol = load(path)
+    assert isinstance(vol.data, np.memmap)
+    assert vol.warnings == [
+        "1 voxels are NaN or infinite: contrast is set from finite values; "
+        "models receive them as 0"
+    ]
+
+
+def test_nan_in_a_huge_memory_mapped_file_is_reported_from_a_sample(tmp_path):
+    """Above 50M voxels only a sample is read: the warning says so, without a count."""
+    path = fx.sparse_large_nii(tmp_path / "big.nii", shape=(400, 400, 313))
+    with open(path, "r+b") as fh:  # first voxel: inside the sample's first run
+        fh.seek(352)
+        fh.write(np.array([np.nan], "<f4").tobytes())
+    with pytest.warns(GeometryWarning):
+        vol = load(path)
+    assert vol.warnings[-1] == (
+        "some voxels (seen in a sample of this large file) are NaN or infinite: contrast "
+        "is set from finite values; models receive them as 0"
+    )
+
+
+def test_a_gz_file_is_read_whole_at_open_time(tmp_path):
+    """Corruption of a .nii.gz surfaces at open time: the voxels are in memory once
+    load returns, even if the file then disappears."""
+    data = fx.phantom()
+    path = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    vol = load(path)
+    path.unlink()
+    np.testing.assert_array_equal(vol.data, data)
