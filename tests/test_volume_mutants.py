@@ -9,6 +9,7 @@ the code under test.
 
 from __future__ import annotations
 
+import gzip
 import math
 import warnings
 
@@ -19,7 +20,13 @@ import pytest
 import nifti_factory as fx
 from napari_spineseg.errors import GeometryWarning, NiftiError
 from napari_spineseg.io import from_nifti, load
-from napari_spineseg.io.volume import _count_nonfinite, _few_values, _sample
+from napari_spineseg.io.volume import (
+    QUATERNION_THRESHOLD,
+    _count_nonfinite,
+    _few_values,
+    _sample,
+    read_nifti,
+)
 
 
 def _image(data: np.ndarray, zooms=(0.8, 0.9, 2.5)) -> nib.Nifti1Image:
@@ -379,3 +386,27 @@ def test_a_gz_file_is_read_whole_at_open_time(tmp_path):
     vol = load(path)
     path.unlink()
     np.testing.assert_array_equal(vol.data, data)
+
+
+# -------------------------------------------------------------------- read_nifti
+def test_read_nifti_reads_into_memory_unless_asked_to_map(tmp_path):
+    """By default the voxels are read, not memory-mapped (a file about to be replaced
+    must not back an array); ``mmap="c"`` maps them."""
+    data = fx.phantom()
+    path = fx.write(tmp_path / "t2.nii", fx.raw_nifti(data, fx.raw_header(data)))
+    assert not isinstance(np.asanyarray(read_nifti(path).dataobj), np.memmap)
+    assert isinstance(np.asanyarray(read_nifti(path, mmap="c").dataobj), np.memmap)
+
+
+def test_read_nifti_of_a_scanner_quaternion_keeps_the_relaxed_threshold(tmp_path):
+    """b²+c²+d² slightly above 1: read, mapped as asked, and its qform still computable
+    afterwards (the header keeps SCT's threshold, not nibabel's strict one)."""
+    gz, _ = fx.LOADED["almost-unit quaternion"][0](tmp_path)
+    path = tmp_path / "quaternion.nii"
+    path.write_bytes(gzip.decompress(gz.read_bytes()))
+    img = read_nifti(path)
+    assert img.header.quaternion_threshold == QUATERNION_THRESHOLD
+    qform = img.header.get_qform()
+    np.testing.assert_allclose(np.sign(np.diag(qform)[:3]), [1, -1, -1])
+    assert not isinstance(np.asanyarray(img.dataobj), np.memmap)
+    assert isinstance(np.asanyarray(read_nifti(path, mmap="c").dataobj), np.memmap)
