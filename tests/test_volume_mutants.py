@@ -410,3 +410,19 @@ def test_read_nifti_of_a_scanner_quaternion_keeps_the_relaxed_threshold(tmp_path
     np.testing.assert_allclose(np.sign(np.diag(qform)[:3]), [1, -1, -1])
     assert not isinstance(np.asanyarray(img.dataobj), np.memmap)
     assert isinstance(np.asanyarray(read_nifti(path, mmap="c").dataobj), np.memmap)
+
+
+# --------------------------------------------------------------------- scaled data
+@pytest.mark.parametrize("name", ["t2.nii", "t2.nii.gz"])
+@pytest.mark.parametrize("slope, inter", [(2.0, 0.0), (1.0, 5.0), (0.5, -3.0)])
+def test_scaled_integers_are_read_as_float32_values(tmp_path, name, slope, inter):
+    """scl_slope / scl_inter applied (either alone is a scaling), in float32."""
+    raw = fx.phantom(dtype=np.int16)
+    path = fx.write(
+        tmp_path / name,
+        fx.raw_nifti(raw, fx.raw_header(raw, scl_slope=slope, scl_inter=inter)),
+    )
+    vol = load(path)
+    assert vol.data.dtype == np.float32
+    expected = raw.astype(np.float32) * np.float32(slope) + np.float32(inter)
+    np.testing.assert_array_equal(vol.data, expected)
