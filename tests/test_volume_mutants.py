@@ -426,3 +426,19 @@ def test_scaled_integers_are_read_as_float32_values(tmp_path, name, slope, inter
     assert vol.data.dtype == np.float32
     expected = raw.astype(np.float32) * np.float32(slope) + np.float32(inter)
     np.testing.assert_array_equal(vol.data, expected)
+
+
+def test_out_of_memory_while_reading_is_refused_with_the_size_and_the_fix(tmp_path, monkeypatch):
+    data = fx.phantom((70, 60, 50), dtype=np.int16)  # 420 000 bytes of voxels
+    path = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+
+    def no_memory(p, dataobj):
+        raise MemoryError
+
+    monkeypatch.setattr("napari_spineseg.io.volume._read_gzip_array", no_memory)
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert str(info.value) == (
+        f"{path}: not enough memory to read its {420_000 / 2**30:.3g} GiB of voxels "
+        "(shape (70, 60, 50)); use a machine with more memory, or crop the image first"
+    )
