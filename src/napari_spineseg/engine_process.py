@@ -419,7 +419,9 @@ def start_worker_process(address: str) -> subprocess.Popen:
     # no nanny: it would set dask's worker environment (MALLOC_TRIM_THRESHOLD_=65536 made
     # warm runs 1.4-1.6x slower; OMP_NUM_THREADS=1); the engine restarts a dead worker
     cmd += ["--nthreads", "1", "--no-nanny", "--host", "127.0.0.1", "--no-dashboard"]
-    cmd += ["--death-timeout", "60", "--name", "spineseg-engine"]
+    # a name of its own: the scheduler refuses a worker whose name is still registered
+    # (a killed predecessor not yet removed), and the new worker would never arrive
+    cmd += ["--death-timeout", "60", "--name", f"spineseg-engine-{uuid.uuid4().hex[:8]}"]
     log = os.environ.get("SPINESEG_ENGINE_LOG")  # the worker's own log, for bug reports
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     try:
