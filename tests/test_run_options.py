@@ -71,3 +71,13 @@ def test_segment_refuses_bad_options_before_reading_anything(kwargs, message):
         api.segment("/nonexistent/scan.nii.gz", task="lesion_sci_t2", **kwargs)
     with pytest.raises(SpinesegError, match=message):
         api.segment("/nonexistent/scan.nii.gz", options=RunOptions(task="lesion_sci_t2"), **kwargs)
+
+
+def test_a_relative_model_path_is_made_absolute_once(tmp_path, monkeypatch):
+    """Workers and engine processes run in other folders: the path is fixed where made."""
+    monkeypatch.chdir(tmp_path)
+    from napari_spineseg.options import RunOptions as Options
+
+    opts = Options(model="lab/my_model", trust=True)
+    assert opts.model == str(tmp_path / "lab" / "my_model")
+    assert Options.from_dict(opts.as_dict()) == opts

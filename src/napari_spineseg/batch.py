@@ -260,8 +260,6 @@ def segment_many(
         sct_compat=sct_compat,
         profile=profile,
     )
-    if opts.model is not None:  # the workers may run in another folder
-        opts = opts.with_(model=str(Path(opts.model).expanduser().absolute()))
     files = [Path(p).expanduser().absolute() for p in paths]
     if not files:
         raise SpinesegError("batch: no input files given")

@@ -165,7 +165,6 @@ class DaskEngine:
 
         report = Reporter(progress, cancel)
         report.check()
-        options = self._prepare(options)
         volume = _as_volume(image)
         shipped = ShippedVolume.of(volume)
         client = self.client
@@ -207,9 +206,6 @@ class DaskEngine:
         result.source = volume
         result.provenance["input"]["path"] = str(volume.path) if volume.path else None
         return result
-
-    def _prepare(self, options: RunOptions) -> RunOptions:
-        return options
 
     def _before_submit(self, client) -> None:
         pass
@@ -339,11 +335,6 @@ class LocalEngine(DaskEngine):
                 f"the engine process could not start ({type(exc).__name__}: {exc}); "
                 "check the free memory, or run in-process (api.segment without engine=)"
             ) from exc
-
-    def _prepare(self, options: RunOptions) -> RunOptions:
-        if options.model is not None:  # the worker's working folder may differ
-            return options.with_(model=str(Path(options.model).expanduser().absolute()))
-        return options
 
     def _before_submit(self, client) -> None:
         self._replace_dead_worker()

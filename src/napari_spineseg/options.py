@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import SpinesegError
@@ -130,8 +131,8 @@ class RunOptions:
         from .engines.base import check_device
 
         set_ = object.__setattr__  # frozen: normalise once, here
-        if self.model is not None:
-            set_(self, "model", os.fspath(self.model))
+        if self.model is not None:  # absolute: workers and engines run in other folders
+            set_(self, "model", str(Path(os.fspath(self.model)).expanduser().absolute()))
         set_(self, "device", check_device(self.device))
         set_(self, "remove_small", RemoveSmall.parse(self.remove_small))
         for name in ("trust", "test_time_aug", "label_vert", "sct_compat"):

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import SpinesegError
@@ -269,10 +268,7 @@ def batch_client(args: argparse.Namespace, n_files: int) -> Iterator[Client | st
     from ..batch import _precheck
     from ..cli import run_options_from_args
 
-    options = run_options_from_args(args)
-    if options.model is not None:
-        options = options.with_(model=str(Path(options.model).expanduser().absolute()))
-    _precheck(options, None)
+    _precheck(run_options_from_args(args), None)
     log = None if args.quiet else sys.stderr
     with slurm_client(SlurmResources.from_args(args, n_files), log) as client:
         yield client

@@ -210,8 +210,6 @@ def segment_bids(
     if device is None and options is None:
         device = "cpu"  # segment_many's default: one model copy per worker process
     opts = run_options(options, task=task, model=model, trust=trust, device=device)
-    if opts.model is not None:
-        opts = opts.with_(model=str(Path(opts.model).expanduser().absolute()))
     raw = Path(root).expanduser().absolute()
     out = Path(deriv).expanduser().absolute() if deriv else raw / "derivatives" / "spineseg"
     model = opts.model
