@@ -186,3 +186,25 @@ def test_a_call_that_ignores_cancel_is_cut_off_and_the_next_run_waits_for_it():
         release.set()
     assert result == "next"
     assert "waiting for the cancelled run to stop" in waits
+
+
+def test_the_worker_thread_warms_what_the_first_labels_layer_would_compute_on_the_gui_thread():
+    """Issue 8: the first Labels layer of a session built vispy's 13 dash patterns (for its
+    polygon-tool overlay) on the GUI thread: a 65 ms stall. The worker-thread warm-up
+    must fill vispy's process-wide cache (checked in a fresh interpreter: another test
+    may already have filled it here)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from vispy.visuals.line import dash_atlas\n"
+        "assert dash_atlas._make_pattern.cache_info().currsize == 0\n"
+        "from napari_spineseg.jobs.result_layers import warm_up_label_colormap\n"
+        "warm_up_label_colormap({0: 'transparent', 1: 'red'}, np.dtype('uint8'))\n"
+        "print(dash_atlas._make_pattern.cache_info().currsize)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.split()[-1] == "13"

@@ -185,5 +185,19 @@ def warm_up_label_colormap(colormap: Any, dtype: np.dtype) -> None:
         values = np.zeros((2, 2), dtype=dtype)
         cmap.map(values)
         cmap._data_to_texture(values)
+        warm_up_dash_patterns()
     except Exception:  # only an optimisation: never fail a run for it
         pass
+
+
+def warm_up_dash_patterns() -> None:
+    """Fill vispy's cache of line-dash patterns here, on the worker thread.
+
+    napari gives every Labels layer a polygon-tool overlay drawn with vispy's "agg" lines;
+    the first one in a session computes 13 dash patterns in pure Python (a 65 ms stall
+    of the first ``add_layer`` on this machine, measured in issue 8). The patterns are
+    cached by vispy for the process, so building them once off the GUI thread removes it.
+    """
+    from vispy.visuals.line.dash_atlas import DashAtlas
+
+    DashAtlas()
