@@ -194,8 +194,8 @@ def warm_up_dash_patterns() -> None:
     """Fill vispy's cache of line-dash patterns here, on the worker thread.
 
     napari gives every Labels layer a polygon-tool overlay drawn with vispy's "agg" lines;
-    the first one in a session computes 13 dash patterns in pure Python (a 65 ms stall
-    of the first ``add_layer`` on this machine, measured in issue 8). The patterns are
+    the first one in a session computes 13 dash patterns in pure Python (65-83 ms of
+    the first ``add_layer``, benchmarks/bench_add_layer.py). The patterns are
     cached by vispy for the process, so building them once off the GUI thread removes it.
     """
     from vispy.visuals.line.dash_atlas import DashAtlas
