@@ -30,3 +30,30 @@ def test_results_arrive_without_freezing_the_viewer(viewer):
     assert out["layers"] == ["PAM50_small_t2_sc_seg", "PAM50_small_t2_lesion_seg"]
     assert out["reviewing"] == "PAM50_small_t2_sc_seg" and out["sparkline_slices"] == 275
     assert out["longest_ms"] < LOOSE_BOUND_MS, out
+
+
+def test_the_stall_meter_sees_a_step_that_runs_before_its_first_tick(qapp):
+    """The meter behind every stall figure: a 200 ms GUI-thread step scheduled right
+    after start() (as the Segment widget adds its first result layer) must be measured;
+    a meter counting from its first tick reported such runs as 20-70 ms."""
+    import time
+
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_spineseg._qt.workers import StallMeter
+
+    meter = StallMeter(10).start()
+    QTimer.singleShot(0, lambda: time.sleep(0.2))
+    deadline = time.perf_counter() + 0.4
+    while time.perf_counter() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.001)
+    meter.stop()
+    assert 200 <= meter.longest_ms < 390, meter.gaps_ms
+    assert sum(g > 150 for g in meter.gaps_ms) == 1
+
+    meter = StallMeter(10).start()  # a step that ends at stop() counts too
+    time.sleep(0.15)
+    meter.stop()
+    assert meter.longest_ms >= 150

@@ -75,13 +75,20 @@ class StallMeter:
         self._last = now
 
     def start(self) -> StallMeter:
+        # counted from now, not from the first tick: a GUI-thread step that begins right
+        # after start() (a layer added by a zero-delay timer, a click handler) would
+        # otherwise run before any tick and never be seen
         self.gaps_ms.clear()
-        self._last = None
+        self._last = time.perf_counter()
         self._timer.start()
         return self
 
     def stop(self) -> StallMeter:
+        # the gap since the last tick is measured too: a step that ends at stop()
+        if self._timer.isActive() and self._last is not None:
+            self.gaps_ms.append((time.perf_counter() - self._last) * 1000.0)
         self._timer.stop()
+        self._last = None
         return self
 
     @property
