@@ -93,6 +93,7 @@ def _press_run_and_wait(session, timeout: float = 600.0) -> dict:
         "seconds": round(seconds, 3),
         "longest_ms": round(meter.longest_ms, 1),
         "top5_ms": [round(g, 1) for g in sorted(meter.gaps_ms, reverse=True)[:5]],
+        "top5_cpu_ms": [round(g, 1) for g in sorted(meter.cpu_ms, reverse=True)[:5]],
         "layers": [ly.name for ly in widget.last_layers],
     }
 
@@ -263,7 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {where:23} {kind} run: longest event-loop stall "
                     f"{r['longest_ms']:5.0f} ms (budget {BUDGET_MS:.0f}); five longest "
-                    f"{r['top5_ms']} ms; Run to layers {r['seconds']:.2f} s; {r['outcome']}"
+                    f"{r['top5_ms']} ms (GUI-thread CPU in the five busiest: "
+                    f"{r['top5_cpu_ms']} ms); Run to layers {r['seconds']:.2f} s; {r['outcome']}"
                 )
             print(
                 f"  {where:23} torch in the viewer: {c['torch_in_viewer']}, nnunetv2: "

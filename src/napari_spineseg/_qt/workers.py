@@ -55,7 +55,9 @@ class StallMeter:
 
     Start it before a run and read :attr:`longest_ms` after: a timer that should fire
     every ``interval_ms`` records the time between firings; anything much longer is time
-    the GUI thread was busy and the viewer did not respond.
+    the GUI thread was busy and the viewer did not respond. ``cpu_ms`` holds, per gap,
+    the CPU time the GUI thread itself used in it: on a shared machine a gap can be long
+    because other processes had the cores, and this says how much of it was our work.
     """
 
     def __init__(self, interval_ms: int = 10) -> None:
@@ -63,30 +65,34 @@ class StallMeter:
 
         self.interval_ms = interval_ms
         self.gaps_ms: list[float] = []
+        self.cpu_ms: list[float] = []
         self._last: float | None = None
+        self._last_cpu = 0.0
         self._timer = QTimer()
         self._timer.setInterval(interval_ms)
         self._timer.timeout.connect(self._tick)
 
     def _tick(self) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.thread_time()
         if self._last is not None:
             self.gaps_ms.append((now - self._last) * 1000.0)
-        self._last = now
+            self.cpu_ms.append((cpu - self._last_cpu) * 1000.0)
+        self._last, self._last_cpu = now, cpu
 
     def start(self) -> StallMeter:
         # counted from now, not from the first tick: a GUI-thread step that begins right
         # after start() (a layer added by a zero-delay timer, a click handler) would
         # otherwise run before any tick and never be seen
         self.gaps_ms.clear()
-        self._last = time.perf_counter()
+        self.cpu_ms.clear()
+        self._last, self._last_cpu = time.perf_counter(), time.thread_time()
         self._timer.start()
         return self
 
     def stop(self) -> StallMeter:
         # the gap since the last tick is measured too: a step that ends at stop()
         if self._timer.isActive() and self._last is not None:
-            self.gaps_ms.append((time.perf_counter() - self._last) * 1000.0)
+            self._tick()
         self._timer.stop()
         self._last = None
         return self
@@ -94,6 +100,11 @@ class StallMeter:
     @property
     def longest_ms(self) -> float:
         return max(self.gaps_ms, default=0.0)
+
+    @property
+    def longest_cpu_ms(self) -> float:
+        """The GUI thread's own CPU time in its busiest gap."""
+        return max(self.cpu_ms, default=0.0)
 
 
 def wait_for(busy: Callable[[], bool], timeout: float, what: str) -> None:
