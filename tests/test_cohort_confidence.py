@@ -267,3 +267,81 @@ def _rows(index: Path) -> list[dict]:
     start = text.index('<script id="qc-data" type="application/json">')
     start = text.index(">", start) + 1
     return json.loads(text[start : text.index("</script>", start)])["rows"]
+
+
+def test_a_thousand_cases_read_their_confidence_quickly_and_open_no_nifti(
+    study, tmp_path, monkeypatch
+):
+    """The queue of a 1,000-image study is built from the sidecars alone."""
+    root, images, deriv = study
+    masks = _masks(deriv, images[1])
+    big = tmp_path / "deriv"
+    (big / bids.STATE_DIR).mkdir(parents=True)
+    shutil.copy(deriv / "dataset_description.json", big)
+    plan = json.loads((deriv / bids.STATE_DIR / bids.PLAN_JSON).read_text())
+    plan["images"] = [f"sub-{i:04d}/anat/sub-{i:04d}_T2w.nii.gz" for i in range(1000)]
+    (big / bids.STATE_DIR / bids.PLAN_JSON).write_text(json.dumps(plan))
+    for rel in plan["images"]:
+        folder = big / Path(rel).parent
+        folder.mkdir(parents=True)
+        stem = Path(rel).name[: -len(".nii.gz")]
+        for suffix, mask in masks.items():
+            (folder / f"{stem}{suffix}.nii.gz").write_bytes(b"")  # never read
+            shutil.copy(sidecar.sidecar_path(mask), folder / f"{stem}{suffix}.json")
+
+    import napari_spineseg.io as nio
+
+    def refuse(*a, **k):
+        raise AssertionError("a NIfTI file was opened to build the queue")
+
+    monkeypatch.setattr(nio, "load", refuse)
+    t0 = time.perf_counter()
+    s = CohortSession(big, rater="R")
+    rows = s.rows()
+    took = time.perf_counter() - t0
+    assert len(rows) == 1000
+    expected = min(_record(m)["Classes"][s[1:].split("_")[0]]["Lowest"] for s, m in masks.items())
+    assert {c.confidence.value for c in s.cases} == {expected}
+    assert took < 3.0, f"building the queue of 1000 cases took {took:.2f} s"
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        "not a record",
+        {"Classes": "cord"},
+        {"Classes": {"cord": {"Lowest": "0.5", "Slice": 3}}},
+        {"Classes": {"cord": {"Lowest": 0.5, "Slice": None, "LowSlices": "6,7"}}},
+        {"Classes": {"cord": {"Lowest": float("nan"), "Slice": 3, "LowSlices": [-1, True]}}},
+        {"Classes": {"cord": {"Lowest": True, "Slice": 3}}, "SliceAxis": [1]},
+    ],
+)
+def test_a_sidecar_edited_by_hand_gives_a_blank_never_an_error(record):
+    data = {"GeneratedBy": [{"Name": "napari-spineseg", confidence.RECORD_KEY: record}]}
+    mask = confidence.read(data)
+    assert mask.lowest() is None and mask.low_slices() == []
+    case = confidence.case_confidence({"_cord_seg": mask})
+    assert case.value is None and case.text() == "" and case.tooltip()
+
+
+def test_the_lowest_class_and_slice_of_a_case_and_its_text():
+    def mask(lowest, slice_, file_index, low, manual=False):
+        rec = {
+            "Threshold": 0.75,
+            "SliceAxis": {"FileAxis": 2, "Reversed": False},
+            "Classes": {
+                "sc": {"Lowest": lowest, "Slice": slice_, "FileIndex": file_index,
+                       "LowSlices": low, "LowFileIndices": low},
+                "other": None,
+            },
+        }  # fmt: skip
+        entries = [{"Name": "napari-spineseg", confidence.RECORD_KEY: rec}]
+        return confidence.read({"GeneratedBy": entries + [{"Name": "Manual"}] * manual})
+
+    case = confidence.case_confidence(
+        {"_sc_seg": mask(0.9, 4, 4, []), "_lesion_seg": mask(0.7, 12, 12, [11, 12], True)}
+    )
+    assert case.value == 0.7 and case.corrected and case.text() == "0.70*"
+    assert case.where == "sc (_lesion_seg), slice 12 (file k=12)"
+    assert "slices below 0.75: _sc_seg: none; _lesion_seg: 11, 12" in case.tooltip()
+    assert case.masks["_sc_seg"].corrected is False  # a correction of the other mask

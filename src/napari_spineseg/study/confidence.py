@@ -145,29 +145,42 @@ class MaskConfidence:
         slice; None when the model gave no confidence (no record, no probability maps,
         or no class in the mask)."""
         best = None
-        for name, c in ((self.record or {}).get("Classes") or {}).items():
-            if not isinstance(c, dict) or not _is_number(c.get("Lowest")):
+        for name, c in self._classes().items():
+            if not (_is_number(c.get("Lowest")) and _is_index(c.get("Slice"))):
                 continue
             if best is None or float(c["Lowest"]) < best[0]:
-                best = (float(c["Lowest"]), str(name), int(c["Slice"]), c.get("FileIndex"))
+                index = c.get("FileIndex") if _is_index(c.get("FileIndex")) else None
+                best = (float(c["Lowest"]), str(name), int(c["Slice"]), index)
         return best
 
     def low_slices(self) -> list[int]:
         """Display slices on which some class is below the record's threshold."""
         out: set[int] = set()
-        for c in ((self.record or {}).get("Classes") or {}).values():
-            if isinstance(c, dict):
-                out.update(int(s) for s in c.get("LowSlices") or [])
+        for c in self._classes().values():
+            low = c.get("LowSlices")
+            if isinstance(low, list):
+                out.update(s for s in low if _is_index(s))
         return sorted(out)
+
+    def _classes(self) -> dict[str, dict[str, Any]]:
+        """The record's classes that have a confidence (a sidecar edited by hand may hold
+        anything: what is not a record is skipped, never an error in the table)."""
+        classes = self.record.get("Classes") if isinstance(self.record, Mapping) else None
+        if not isinstance(classes, Mapping):
+            return {}
+        return {str(k): c for k, c in classes.items() if isinstance(c, Mapping)}
 
     def has_probabilities(self) -> bool:
         """The record exists and some class had a probability map."""
-        classes = (self.record or {}).get("Classes") or {}
-        return any(isinstance(c, dict) for c in classes.values())
+        return bool(self._classes())
 
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
 def read(sidecar_data: Mapping[str, Any]) -> MaskConfidence:
@@ -232,7 +245,9 @@ def case_confidence(masks: Mapping[str, MaskConfidence]) -> CaseConfidence:
             note = "no confidence recorded (masks written before it was; --overwrite redoes them)"
         return CaseConfidence(None, corrected=corrected, note=note, masks=dict(masks))
     suffix, (value, name, slice_, file_index) = best
-    axis = ((masks[suffix].record or {}).get("SliceAxis") or {}).get("FileAxis")
+    record = masks[suffix].record or {}
+    slice_axis_ = record.get("SliceAxis")
+    axis = slice_axis_.get("FileAxis") if isinstance(slice_axis_, Mapping) else None
     where = f"{name} ({suffix}), slice {slice_}"
     if file_index is not None and axis in (0, 1, 2):
         where += f" (file {_AXES[axis]}={file_index})"
@@ -241,6 +256,6 @@ def case_confidence(masks: Mapping[str, MaskConfidence]) -> CaseConfidence:
         if m.record is not None and m.has_probabilities():
             low = m.low_slices()
             parts.append(f"{s}: {', '.join(map(str, low)) if low else 'none'}")
-    threshold = (masks[suffix].record or {}).get("Threshold")
+    threshold = record.get("Threshold")
     note = f"slices below {threshold}: " + "; ".join(parts) if parts else ""
     return CaseConfidence(value, where, corrected, note, dict(masks))

@@ -249,10 +249,11 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     summary = qc.summary(lab, spacing, row.classes)
     flags = {f: np.flatnonzero(table.flags[f]).tolist() for f in qc.FLAGS}
     model = read_confidence(sidecar.read(row.mask))
-    if not model.corrected:  # the record's slices: flagged by slice_table at batch time
-        flags["low_confidence"] = sorted(set(flags["low_confidence"]) | set(model.low_slices()))
     flagged = table.flagged()
-    flagged[[s for s in flags["low_confidence"] if 0 <= s < flagged.size]] = True
+    if not model.corrected:  # the record's slices: flagged by slice_table at batch time
+        low = [s for s in model.low_slices() if s < table.n_slices]
+        flags["low_confidence"] = sorted(set(flags["low_confidence"]) | set(low))
+        flagged[low] = True
     lowest = model.lowest()
     data: dict[str, Any] = {
         **{k: v for k, v in asdict(row).items() if k not in ("classes", "colors")},
