@@ -13,7 +13,9 @@ code runs on a laptop (a ``LocalCluster`` started and closed here) or on a clust
 (``client=`` / ``spineseg batch --scheduler ADDRESS``).
 
 Each task is exactly :func:`api.segment` + :func:`api.save` on one file: SCT file names,
-JSON sidecars, atomic writes, previous versions kept. A failure is recorded on its item
+JSON sidecars, atomic writes, previous versions kept; each sidecar's GeneratedBy entry
+also gets the model's per-slice confidence record (:mod:`.study.confidence`: the
+probability maps reduced on the worker, then dropped). A failure is recorded on its item
 (the message kept) and never stops the batch.
 
 Threads: every worker runs **one file at a time** (dask ``nthreads=1``) and gives its
