@@ -13,7 +13,9 @@ code runs on a laptop (a ``LocalCluster`` started and closed here) or on a clust
 (``client=`` / ``spineseg batch --scheduler ADDRESS``).
 
 Each task is exactly :func:`api.segment` + :func:`api.save` on one file: SCT file names,
-JSON sidecars, atomic writes, previous versions kept. A failure is recorded on its item
+JSON sidecars, atomic writes, previous versions kept; each sidecar's GeneratedBy entry
+also gets the model's per-slice confidence record (:mod:`.study.confidence`: the
+probability maps reduced on the worker, then dropped). A failure is recorded on its item
 (the message kept) and never stops the batch.
 
 Threads: every worker runs **one file at a time** (dask ``nthreads=1``) and gives its
@@ -108,13 +110,15 @@ def _segment_one(
     client_pid: int,
     entry_extra: dict[str, Any] | None = None,
     sidecar_extra: dict[str, Any] | None = None,
+    confidence: bool = True,
 ) -> BatchItem:
     """Runs on a worker: api.segment + api.save on one file; never raises.
 
     ``options`` travel as the object (it pickles); ``spec`` is the task when it was given
     as a :class:`TaskSpec` rather than by name. ``entry_extra`` is merged into each
     output's GeneratedBy entry and ``sidecar_extra`` into its sidecar's top level (e.g.
-    BIDS ``Sources``), after the mask is written.
+    BIDS ``Sources``), after the mask is written. ``confidence``: add each output's
+    model-confidence record to its GeneratedBy entry (:mod:`.study.confidence`).
     """
     from . import api
 
@@ -131,8 +135,8 @@ def _segment_one(
         pass
     t0 = time.perf_counter()
     try:
-        result = api.segment(path, task=spec, options=options, return_probabilities=False)
-        written = api.save(result, out_dir, entry_extra=entry_extra, sidecar_extra=sidecar_extra)
+        result = api.segment(path, task=spec, options=options, return_probabilities=confidence)
+        written = _save(api, result, out_dir, entry_extra, sidecar_extra, confidence)
     except SpinesegError as exc:
         return BatchItem(Path(path), None, str(exc), time.perf_counter() - t0, worker)
     except Exception as exc:  # a bug or an unexpected input: keep the batch going
@@ -140,6 +144,28 @@ def _segment_one(
         return BatchItem(Path(path), None, msg, time.perf_counter() - t0, worker)
     notes = [str(n) for n in result.provenance.get("notes", [])]
     return BatchItem(Path(path), written, None, time.perf_counter() - t0, worker, notes)
+
+
+def _save(api, result, out_dir, entry_extra, sidecar_extra, confidence: bool) -> list[Path]:
+    """api.save, with each output's confidence record in its own GeneratedBy entry.
+
+    The probability maps (one float32 volume per class) are reduced to the records
+    first and dropped at once, so a worker holds them only while the records are made.
+    """
+    if not confidence:
+        return api.save(result, out_dir, entry_extra=entry_extra, sidecar_extra=sidecar_extra)
+    from dataclasses import replace
+
+    from .study.confidence import RECORD_KEY, records_of
+
+    records = records_of(result)
+    result.probabilities.clear()
+    written = []
+    for suffix, output in result.outputs.items():  # one output each: its own record
+        extra = {**(entry_extra or {}), RECORD_KEY: records[suffix]}
+        one = replace(result, outputs={suffix: output})
+        written += api.save(one, out_dir, entry_extra=extra, sidecar_extra=sidecar_extra)
+    return written
 
 
 # ----------------------------------------------------------------------------- client side
@@ -209,6 +235,7 @@ def segment_many(
     cancel: CancelToken | None = None,
     entry_extra: Sequence[dict[str, Any]] | None = None,
     sidecar_extra: Sequence[dict[str, Any]] | None = None,
+    confidence: bool = True,
 ) -> list[BatchItem]:
     """Segment every file of ``paths`` with ``task`` (or ``model``), one dask task each.
 
@@ -218,6 +245,10 @@ def segment_many(
     input's name and the task's SCT suffixes. ``out_dir`` may also be one folder per
     input (a BIDS-derivatives layout, :mod:`napari_spineseg.study.bids`), and
     ``entry_extra``/``sidecar_extra`` one dict per input for its sidecars.
+    ``confidence``: the models' probability maps are asked for and reduced, per output
+    file, to the per-slice confidence record of its GeneratedBy entry
+    (:mod:`napari_spineseg.study.confidence`: what the Cohort table and the QC report
+    show), then dropped; False skips them (a little faster; no confidence shown).
 
     The run is one :class:`~napari_spineseg.options.RunOptions`, validated here and sent
     to every worker as is: ``options``, with the keywords ``task``, ``model``, ``trust``,
@@ -306,7 +337,7 @@ def segment_many(
         # takes down only the file it was running, not files queued behind it (the
         # scheduler counts a death against every task assigned to that worker).
         in_flight = sum(client.nthreads().values()) if own_cluster is not None else None
-        run = (opts, spec, threads)
+        run = (opts, spec, threads, bool(confidence))
         return _run(distributed, client, files, run, per_file, progress, cancel, in_flight)
     finally:
         if own_client is not None:
@@ -375,7 +406,7 @@ def _run(
     distributed, client, files, run, per_file, progress, cancel, in_flight
 ) -> list[BatchItem]:
     token = uuid.uuid4().hex[:8]
-    options, spec, threads = run
+    options, spec, threads, confidence = run
 
     def submit(i: int):
         p = files[i]
@@ -389,6 +420,7 @@ def _run(
             os.getpid(),
             per_file[i][1],
             per_file[i][2],
+            confidence,
             key=f"spineseg-{token}-{i}-{p.name}",
             pure=False,
         )

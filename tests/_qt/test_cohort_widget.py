@@ -189,3 +189,51 @@ def test_every_column_fits_the_docked_table_and_keys_mark_like_sct_qc(
     yml = w.session.write_marks_yaml(tmp_path / "qc_fail.yml")
     assert read_marks_yaml(yml) == {"FILES_SEG": [str(w.session.cases[2].image)]}
     assert [c.id for c in CohortSession.open_path(yml).cases] == [w.session.cases[2].id]
+
+
+def _set_confidence(mask, lowest) -> None:
+    """Give a mask's model record this lowest confidence (None: no record at all)."""
+    from napari_spineseg.study.confidence import RECORD_KEY
+
+    data = sidecar.read(mask)
+    entry = data["GeneratedBy"][0]
+    if lowest is None:
+        entry.pop(RECORD_KEY)
+    else:
+        (cls,) = entry[RECORD_KEY]["Classes"].values()
+        cls["Lowest"] = lowest
+    sidecar.write(mask, data)
+
+
+def test_the_lowest_confidence_column_sorts_as_numbers_with_blanks_last(viewer, deriv):
+    from qtpy.QtCore import Qt
+
+    from napari_spineseg._qt.cohort_widget import SORT_ROLE
+
+    s = CohortSession(deriv)
+    values = [0.8049, 0.8, None, 0.6]  # per case: the cord's lowest (csf: 0.99)
+    for case, value in zip(s.cases, values, strict=True):
+        _set_confidence(case.masks["_cord_seg"], value)
+        _set_confidence(case.masks["_csf_seg"], None if value is None else 0.99)
+    sidecar.append_generated_by(s.cases[1].masks["_cord_seg"], {"Name": "Manual", "Author": "R"})
+
+    w = napari_spineseg.cohort(viewer, deriv, rater="R")
+    t, c = w.table, COLUMNS.index("confidence")
+    assert t.horizontalHeaderItem(c).text() == "lowest conf."
+    shown = {w._case_at(r): t.item(r, c).text() for r in range(t.rowCount())}
+    assert shown == {0: "0.80", 1: "0.80*", 2: "", 3: "0.60"}  # never 1.0 for "unknown"
+    assert t.item(0, c).data(SORT_ROLE) == 0.8049 and t.item(2, c).data(SORT_ROLE) is None
+
+    def order() -> list[int]:
+        return [w._case_at(r) for r in range(t.rowCount())]
+
+    t.sortByColumn(c, Qt.SortOrder.AscendingOrder)
+    assert order() == [3, 1, 0, 2]  # as numbers ("0.80" < "0.80*" as text), blank last
+    t.sortByColumn(c, Qt.SortOrder.DescendingOrder)
+    assert order() == [0, 1, 3, 2]  # blank last in this order too
+    w.refresh_table()  # a refresh keeps the order the user chose
+    assert order() == [0, 1, 3, 2]
+    tip = t.item(order().index(1), c).toolTip()
+    assert "lowest model confidence 0.8000: cord (_cord_seg), slice" in tip
+    assert "corrected since" in tip
+    assert "no confidence recorded" in t.item(order().index(2), c).toolTip()

@@ -1,14 +1,22 @@
 """The Cohort dock widget: a study's review queue in napari (docs/cohort.md).
 
-A table of cases (subject, session, image, outputs, QC mark, flags, status, rater, time
-spent; sortable) over :class:`napari_spineseg.study.state.CohortSession`, which keeps the
-queue in the derivatives folder. Opening a case replaces the previous case's layers by
+A table of cases (subject, session, image, outputs, QC mark, flags, lowest confidence,
+status, rater, time spent; sortable) over
+:class:`napari_spineseg.study.state.CohortSession`, which keeps the queue in the
+derivatives folder. Opening a case replaces the previous case's layers by
 the image and its masks (the unsaved-edits prompt of the Review panel comes first), and
 docks the Review panel on them: its table, flags, tools and Save button work as for one
 image, except that saving writes into the derivatives (same file name, previous version
 kept) with the manual-correction entry. Keys (viewer): Alt+→ next, Alt+← previous,
 Alt+A approve (saves first when there are edits). Keys (table, as in SCT's QC report):
 ↑/↓ move, F cycles the row's QC mark (pass → fail → artifact → none), Enter opens it.
+
+The lowest-confidence column is the model's lowest per-slice confidence over the case's
+masks, read from their sidecars (:mod:`napari_spineseg.study.confidence`): it sorts as a
+number, with blank cells (the model gave no probabilities, or the masks predate the
+record) last in either order; ``*`` marks a case corrected since the model wrote it (the
+value is the model output's); the tooltip says which class and slice, and the slices
+below the threshold.
 
 The rater's name is asked once and remembered for the next sessions (per user). Every
 column fits the dock's width: the short ones sized to their contents, the long ones
@@ -60,12 +68,30 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 COHORT_WIDGET = "Cohort review"
-COLUMNS = ("#", "subject", "session", "status", "qc", "flags", "rater", "time", "image", "outputs")
+COLUMNS = (
+    "#",
+    "subject",
+    "session",
+    "status",
+    "qc",
+    "flags",
+    "confidence",
+    "rater",
+    "time",
+    "image",
+    "outputs",
+)
 KEYS = {"next": "Alt-Right", "previous": "Alt-Left", "approve": "Alt-A"}
 #: header labels where the key is longer than the values under it
-HEADERS = {"subject": "sub", "session": "ses", "qc": "QC"}
+HEADERS = {"subject": "sub", "session": "ses", "qc": "QC", "confidence": "lowest conf."}
+HEADER_TIPS = {
+    "confidence": "lowest model confidence of the case (per axial slice, 0.5-1); blank: "
+    "the model gave none; * corrected since (the value is the model output's)"
+}
 #: columns sized to their contents; the others share the rest of the width, elided
-FIT_COLUMNS = ("#", "subject", "session", "status", "qc", "time")
+FIT_COLUMNS = ("#", "subject", "session", "status", "qc", "confidence", "time")
+#: the item role holding a cell's number for sorting (None: a blank cell, sorted last)
+SORT_ROLE = Qt.ItemDataRole.UserRole + 1
 #: the narrowest an elided column gets (the table's minimum width keeps it so)
 ELIDED_MIN_WIDTH = 64
 #: rows read to size a column (all of them would stall the table of a large cohort)
@@ -102,6 +128,9 @@ class CohortWidget(QWidget):
         lay.addLayout(row)
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels([HEADERS.get(c, c) for c in COLUMNS])
+        for c, key in enumerate(COLUMNS):
+            if key in HEADER_TIPS:
+                self.table.horizontalHeaderItem(c).setToolTip(HEADER_TIPS[key])
         self._fit_to_width()
         self.table.installEventFilter(self)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -219,16 +248,21 @@ class CohortWidget(QWidget):
 
     def refresh_table(self) -> None:
         """Redraw the table from the queue file (other reviewers' changes included)."""
-        rows = self._require().rows()
+        session = self._require()
+        rows = session.rows()
         self.table.setSortingEnabled(False)
         self.table.setRowCount(len(rows))
         for r, row in enumerate(rows):
             for c, key in enumerate(COLUMNS):
-                item = QTableWidgetItem()
+                item = _NumberItem() if key == "confidence" else QTableWidgetItem()
                 item.setData(Qt.ItemDataRole.DisplayRole, r + 1 if c == 0 else _shown(key, row))
                 item.setData(Qt.ItemDataRole.UserRole, r)
                 if key not in FIT_COLUMNS:  # elided in the table: the full text on hover
                     item.setToolTip(str(row[key]))
+                if key == "confidence":
+                    conf = session.cases[r].confidence
+                    item.setData(SORT_ROLE, conf.value)
+                    item.setToolTip(conf.tooltip())
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(True)
         self._size_columns()
@@ -443,6 +477,24 @@ def cohort(
     widget.load(path, rater=rater, deriv=str(deriv) if deriv else None)
     widget.open(0)
     return widget
+
+
+class _NumberItem(QTableWidgetItem):
+    """A cell sorted by the number in :data:`SORT_ROLE`, blank cells last in either
+    order (Qt sorts descending with ``other < self``: a blank is then the smaller)."""
+
+    def __lt__(self, other: QTableWidgetItem) -> bool:
+        a, b = self.data(SORT_ROLE), other.data(SORT_ROLE)
+        if a is not None and b is not None:
+            return float(a) < float(b)
+        if a is None and b is None:
+            return False
+        table = self.tableWidget()
+        descending = (
+            table is not None
+            and table.horizontalHeader().sortIndicatorOrder() == Qt.SortOrder.DescendingOrder
+        )
+        return descending if a is None else not descending
 
 
 def _shown(key: str, row: dict[str, Any]) -> str:

@@ -50,6 +50,14 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;",
     '"': "&quot;", "'": "&#39;"}[c]));
 }
+function confidence(c) {
+  if (!c) return "";
+  const tip = c.corrected ? "the model output's (the mask was corrected since)" :
+    "the model's lowest per-slice confidence";
+  return "<br><span class='muted conf' title=\"" + tip + "\">lowest conf. " +
+    Number(c.lowest).toFixed(2) + (c.corrected ? "*" : "") + " (" + esc(c.class) +
+    ", slice " + c.slice + ")</span>";
+}
 function build() {
   DATA.rows.forEach((r, i) => {
     const tr = document.createElement("tr");
@@ -71,7 +79,7 @@ function build() {
       "<br><b>" + esc(r.suffix) + "</b> <span class='muted'>" + esc(r.yaml_key) +
       "</span></td><td class='mark'></td><td class='flags'>" +
       (flags || "<span class='muted'>none</span>") +
-      (r.empty ? " <span class='flag'>empty mask</span>" : "") +
+      (r.empty ? " <span class='flag'>empty mask</span>" : "") + confidence(r.confidence) +
       "</td><td>" + fmt(r.volume_mm3, " mm³") + "</td><td>" + fmt(r.csa_mm2, " mm²") +
       "</td><td>" + pics + "</td><td>" + sag + "</td>";
     tr.addEventListener("click", () => select(i));

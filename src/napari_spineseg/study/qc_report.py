@@ -5,8 +5,11 @@ work. ``spineseg qc DERIV -o QCDIR`` writes ``QCDIR/index.html`` (opens from dis
 server, no network) with one row per image × output file: an axial mosaic of the slices
 the mask covers, cropped around the cord, in the task's class colours (→ toggles the
 overlay), a sagittal overview, the per-slice flags of the review queue
-(:func:`napari_spineseg.correction.qc.slice_table`, the same definitions), volume and
-mean cross-sectional area, and a filter on flags. The reviewer marks rows with SCT's keys
+(:func:`napari_spineseg.correction.qc.slice_table`, the same definitions; the
+``low_confidence`` slices and the lowest confidence come from the record the batch
+computed with that function while it had the model's probabilities, :mod:`.confidence`,
+and are shown while the mask is still the model's output), volume and mean
+cross-sectional area, and a filter on flags. The reviewer marks rows with SCT's keys
 (↑/↓ previous/next, F cycles ✅ pass / ❌ fail / ⚠️ artifact, / jumps to search); marks
 live in the browser's local storage and "Save Fails" / "Save Artifacts" download
 ``qc_fail.yml`` / ``qc_artifact.yml`` in the format of SCT's ``manual-correction``
@@ -37,7 +40,7 @@ from ..catalog import OutputSpec
 from ..errors import SpinesegError
 from . import bids
 
-RENDER_VERSION = "4"  # bump when the pictures or metrics change: invalidates the cache
+RENDER_VERSION = "5"  # bump when the pictures or metrics change: invalidates the cache
 MARKS = {"pass": "✅", "fail": "❌", "artifact": "⚠️"}
 TILE_PX = 64
 MAX_TILES = 48
@@ -147,10 +150,17 @@ def collect(deriv: str | os.PathLike) -> list[QcRow]:
 
 
 def _cache_key(row: QcRow) -> str:
+    from .. import sidecar
+
     parts = [RENDER_VERSION, json.dumps(asdict(row), sort_keys=True)]
-    for p in (row.image, row.mask, row.cord_reference):
+    side = sidecar.sidecar_path(row.mask)  # the confidence record and the corrections
+    for p in (row.image, row.mask, row.cord_reference, side):
         if p:
-            st = os.stat(p)
+            try:
+                st = os.stat(p)
+            except FileNotFoundError:  # a mask without a sidecar
+                parts.append("-")
+                continue
             parts.append(f"{st.st_size}:{st.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
@@ -219,8 +229,10 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     """
     from PIL import Image, ImageDraw
 
+    from .. import sidecar
     from ..correction import qc
     from ..io import load
+    from .confidence import read as read_confidence
 
     vol, mask = load(row.image), load(row.mask)
     if not vol.geometry.matches(mask.geometry):
@@ -236,11 +248,26 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     table = qc.slice_table(lab, spacing, row.classes, cord_reference=ref)
     summary = qc.summary(lab, spacing, row.classes)
     flags = {f: np.flatnonzero(table.flags[f]).tolist() for f in qc.FLAGS}
+    model = read_confidence(sidecar.read(row.mask))
+    flagged = table.flagged()
+    if not model.corrected:  # the record's slices: flagged by slice_table at batch time
+        low = [s for s in model.low_slices() if s < table.n_slices]
+        flags["low_confidence"] = sorted(set(flags["low_confidence"]) | set(low))
+        flagged[low] = True
+    lowest = model.lowest()
     data: dict[str, Any] = {
         **{k: v for k, v in asdict(row).items() if k not in ("classes", "colors")},
         "classes": {str(k): v for k, v in row.classes.items()},
         "flags": {f: s for f, s in flags.items() if s},
-        "flagged_slices": int(table.flagged().sum()),
+        "flagged_slices": int(flagged.sum()),
+        "confidence": None
+        if lowest is None
+        else {
+            "lowest": lowest[0],
+            "class": lowest[1],
+            "slice": lowest[2],
+            "corrected": model.corrected,
+        },
         "volume_mm3": {s.name: round(s.volume_mm3, 1) for s in summary.values()},
         "csa_mm2": {
             s.name: round(float(s.area_profile[s.first : s.last + 1].mean()), 1)
@@ -322,6 +349,7 @@ def _render_cached(row: QcRow, img_dir: str, cache_dir: str) -> dict[str, Any]:
     except SpinesegError as exc:
         data = {**asdict(row), "classes": {}, "colors": {}, "error": str(exc), "png": {}}
         data.update(flags={}, flagged_slices=0, volume_mm3={}, csa_mm2={}, slices=[])
+        data["confidence"] = None
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"key": key, "data": data}), encoding="utf-8")
     os.replace(tmp, cache)

@@ -14,6 +14,13 @@ Saving a corrected case writes each mask over itself in the derivatives through
 knows: voxels added/removed per class (:mod:`napari_spineseg.correction.edits`), the time
 spent on the case and the tool version (:func:`napari_spineseg.correction.correction_record`).
 
+Each case's **lowest confidence** is read from its masks' sidecars when the queue is built
+(the record the batch writes, :mod:`.confidence`; no NIfTI file is opened): the model's
+lowest per-slice confidence over the case's classes, blank when the model gave none. It
+always describes the model's output: once a mask is corrected the value stays and the
+case is marked (``0.81*``), since the definition needs probabilities the corrected mask
+does not have.
+
     >>> s = CohortSession.open_path("derivatives/spineseg", rater="Jane Doe")
     >>> case = s.open(0)              # loads the image and its masks (display order)
     >>> s.save({"_sc_seg": edited})   # writes the mask, appends the Manual entry
@@ -38,6 +45,8 @@ import numpy as np
 
 from ..errors import SpinesegError
 from . import bids
+from .confidence import CaseConfidence, case_confidence
+from .confidence import read as read_confidence
 
 STATE_JSON = "cohort.json"
 STATUSES = ("to do", "in progress", "corrected", "approved")
@@ -67,9 +76,12 @@ class Case:
     rater: str = ""
     seconds: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)  # flag -> flagged slices, once opened
+    #: the model's lowest confidence, from the sidecars (see the module docstring)
+    confidence: CaseConfidence = field(default_factory=lambda: CaseConfidence(None))
 
     def row(self) -> dict[str, Any]:
-        """The table row (plain values)."""
+        """The table row (plain values; ``confidence`` as shown: ``0.81``, ``0.81*``
+        when corrected since, blank when unknown)."""
         return {
             "subject": self.subject,
             "session": self.session,
@@ -77,6 +89,7 @@ class Case:
             "outputs": ", ".join(self.masks),
             "qc": self.qc,
             "flags": ", ".join(f"{k} ×{v}" for k, v in self.flags.items()),
+            "confidence": self.confidence.text(),
             "status": self.status,
             "rater": self.rater,
             "time": _hms(self.seconds),
@@ -127,7 +140,9 @@ class CohortSession:
             if only is not None and mark is None:
                 continue
             ent = bids.entities(image)
-            self.cases.append(Case(rel, ent["sub"], ent.get("ses", ""), image, masks, mark))
+            case = Case(rel, ent["sub"], ent.get("ses", ""), image, masks, mark)
+            case.confidence = _confidence_of(masks)
+            self.cases.append(case)
         if not self.cases:
             what = "the QC YAML's images" if only is not None else "this folder"
             raise SpinesegError(f"{self.deriv}: no segmented case among {what}")
@@ -275,6 +290,11 @@ class CohortSession:
                 n = int(table.flags[name].sum())
                 if n:
                     flags[name] = flags.get(name, 0) + n
+            # low_confidence needs the model's probabilities: the batch's record has its
+            # slices, as long as the mask is still the model's output
+            model = case.confidence.masks.get(suffix)
+            if model is not None and not model.corrected and model.low_slices():
+                flags["low_confidence"] = flags.get("low_confidence", 0) + len(model.low_slices())
         self._update(
             case,
             status="in progress",
@@ -369,6 +389,7 @@ class CohortSession:
             )
             cur.labels[suffix] = data.copy()
             written.append(path)
+        cur.case.confidence = _confidence_of(cur.case.masks)  # now marked corrected
         self._update(cur.case, status="corrected", rater=author or self.rater)
         return written
 
@@ -417,6 +438,13 @@ class CohortSession:
         """The table (one dict per case), refreshed from the file."""
         self._refresh_from_disk()
         return [c.row() for c in self.cases]
+
+
+def _confidence_of(masks: dict[str, Path]) -> CaseConfidence:
+    """A case's lowest confidence from its masks' sidecars (JSON only: fast for a cohort)."""
+    from .. import sidecar
+
+    return case_confidence({s: read_confidence(sidecar.read(p)) for s, p in masks.items()})
 
 
 def next_mark(mark: str) -> str:
