@@ -133,6 +133,17 @@ def test_confidence_definition_and_low_confidence_flag():
     assert t.confidence[1][4] == pytest.approx((A * 0.95 + 0.7 + 0.98) / (A + 2))
 
 
+def test_confidence_counts_where_the_model_saw_the_class_outside_the_labels_box():
+    """A hesitant blob the labels no longer hold (erased, or removed by -largest) far from
+    the cord still counts: the region is p > 0.5 or labelled, not the labels' box."""
+    lab = cylinder()
+    p = np.where(lab == 1, 0.95, 0.02).astype(np.float32)
+    p[4, 14:16, 14:16] = 0.55  # 4 voxels outside the cord's box (box rows/cols 3..13)
+    t = slice_table(lab, SPACING, {1: "cord"}, probabilities={"cord": p})
+    assert t.confidence[1][4] == pytest.approx((A * 0.95 + 4 * 0.55) / (A + 4))
+    assert t.confidence[1][5] == pytest.approx(0.95)
+
+
 def test_probability_of_wrong_shape_is_refused():
     lab = cylinder()
     with pytest.raises(LabelsError, match="probability map of class 'cord'"):
