@@ -442,3 +442,36 @@ def test_out_of_memory_while_reading_is_refused_with_the_size_and_the_fix(tmp_pa
         f"{path}: not enough memory to read its {420_000 / 2**30:.3g} GiB of voxels "
         "(shape (70, 60, 50)); use a machine with more memory, or crop the image first"
     )
+
+
+# ----------------------------------------------- refusals that name the fix (#7 review)
+def test_a_1d_file_is_refused_with_its_shape_and_the_fix(tmp_path):
+    line = np.arange(10, dtype=np.int16)
+    path = fx.write(tmp_path / "line.nii.gz", fx.raw_nifti(line, fx.raw_header(line)))
+    with pytest.raises(NiftiError, match=r"line\.nii\.gz: 1D data \(10,\): ") as info:
+        load(path)
+    assert info.value.problem == (
+        "1D data (10,): only 2D, 3D and 4D images can be shown and segmented; if it holds an "
+        "image, save it with its spatial dimensions (nibabel: nib.save(nib.Nifti1Image("
+        "data.reshape(nx, ny, nz), affine), new_path))"
+    )
+
+
+def test_a_qform_only_file_with_a_bad_quaternion_is_refused_with_its_norm(tmp_path):
+    """nibabel cannot even build the image (no rotation has b²+c²+d² > 1, and there is
+    no sform): the refusal is the header check's, with the norm found and the fix."""
+    data = fx.phantom()
+    hdr = fx.raw_header(data, sform_code=0)
+    hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"] = 0.6, 0.8, 0.5  # 1.25
+    path = fx.write(tmp_path / "qonly.nii", fx.raw_nifti(data, hdr))
+    with pytest.raises(NiftiError, match=r"qonly\.nii: the qform quaternion is not a rotation"):
+        load(path)
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert info.value.problem == (
+        "the qform quaternion is not a rotation (b²+c²+d² = 1.25 > 1, corrupt qform) and "
+        "there is no sform to use instead; re-export the image from its source, or repair "
+        "the header with nibabel (img = nib.load(path); img.header...; nib.save(img, new_path))"
+    )
+    # nibabel's class-wide threshold is restored after the second, unchecked read
+    assert nib.Nifti1Header.quaternion_threshold == np.finfo(np.float32).eps * 3
