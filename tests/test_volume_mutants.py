@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import math
 import warnings
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -95,6 +96,19 @@ def test_2d_file_without_slice_thickness_gives_models_the_affine_length(tmp_path
     assert float(vol.header["pixdim"][3]) == pytest.approx(1e-9)
     hdr = vol.image3d().header
     assert tuple(float(z) for z in hdr["pixdim"][1:4]) == pytest.approx((0.8, 0.9, 3.0), abs=1e-6)
+
+
+def test_2d_file_keeps_its_usable_slice_thickness_for_models(tmp_path):
+    """pixdim[3] = 5 mm on a 2D file is the file's slice thickness: models get it, not
+    the affine's 3rd column length (2 mm here), like every other pixdim of the file."""
+    data = fx.phantom((7, 6), dtype=np.int16)
+    hdr = fx.raw_header(data, np.diag([0.8, 0.9, 2.0, 1.0]), qform_code=0)
+    pixdim = hdr["pixdim"].copy()
+    pixdim[3] = 5.0
+    hdr["pixdim"] = pixdim
+    vol = load(fx.write(tmp_path / "slice2d.nii", fx.raw_nifti(data, hdr)))
+    zooms = tuple(float(z) for z in vol.image3d().header["pixdim"][1:4])
+    assert zooms == pytest.approx((0.8, 0.9, 5.0), abs=1e-6)
 
 
 # ----------------------------------------------------------------- Labels or Image
@@ -378,6 +392,21 @@ def test_nan_in_a_huge_memory_mapped_file_is_reported_from_a_sample(tmp_path):
     )
 
 
+def test_a_memory_mapped_file_of_exactly_50m_voxels_is_scanned_whole(tmp_path):
+    """The sampling starts above 50M voxels: at exactly 50M the NaN are counted."""
+    path = fx.sparse_large_nii(tmp_path / "edge.nii", shape=(500, 400, 250))
+    with open(path, "r+b") as fh:
+        fh.seek(352)
+        fh.write(np.array([np.nan, np.inf], "<f4").tobytes())
+    with pytest.warns(GeometryWarning):
+        vol = load(path)
+    assert isinstance(vol.data, np.memmap) and vol.data.size == 50_000_000
+    assert vol.warnings[-1] == (
+        "2 voxels are NaN or infinite: contrast is set from finite values; "
+        "models receive them as 0"
+    )
+
+
 def test_a_gz_file_is_read_whole_at_open_time(tmp_path):
     """Corruption of a .nii.gz surfaces at open time: the voxels are in memory once
     load returns, even if the file then disappears."""
@@ -475,3 +504,48 @@ def test_a_qform_only_file_with_a_bad_quaternion_is_refused_with_its_norm(tmp_pa
     )
     # nibabel's class-wide threshold is restored after the second, unchecked read
     assert nib.Nifti1Header.quaternion_threshold == np.finfo(np.float32).eps * 3
+
+
+# ------------------------------------------------- _read_data: truncated or unreadable
+@pytest.mark.parametrize(
+    "error, problem",
+    [
+        (
+            EOFError("Compressed file ended before the end-of-stream marker was reached"),
+            "file is truncated or corrupt (Compressed file ended before the end-of-stream "
+            "marker was reached)",
+        ),
+        (  # nibabel's words for a short file
+            OSError("Expected 420000 bytes, got 1000 bytes from object"),
+            "file is truncated or corrupt (Expected 420000 bytes, got 1000 bytes from object)",
+        ),
+        (
+            ValueError("end-of-stream marker missing"),
+            "file is truncated or corrupt (end-of-stream marker missing)",
+        ),
+        (
+            zlib.error("Error -3 while decompressing data: invalid block type"),
+            "cannot read the voxel data (error: Error -3 while decompressing data: invalid "
+            "block type)",
+        ),
+        (
+            OSError(5, "Input/output error"),
+            "cannot read the voxel data (OSError: [Errno 5] Input/output error)",
+        ),
+    ],
+)
+def test_unreadable_voxels_are_called_truncated_only_when_they_are(
+    tmp_path, monkeypatch, error, problem
+):
+    """A short stream says "truncated" (copy the file again); any other read error is
+    named with its type (a disk or a decompression fault), never as a traceback."""
+    data = fx.phantom()
+    path = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+
+    def failing(p, dataobj):
+        raise error
+
+    monkeypatch.setattr("napari_spineseg.io.volume._read_gzip_array", failing)
+    with pytest.raises(NiftiError, match=r"t2\.nii\.gz: ") as info:
+        load(path)
+    assert info.value.problem == problem
