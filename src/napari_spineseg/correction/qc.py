@@ -390,6 +390,9 @@ def slice_table(
     occupied = labels != 0
     if cord_reference is not None:
         occupied |= cord_reference
+    for p in probabilities.values():  # the model's own voxels count for its confidence
+        if np.shape(p) == labels.shape:  # (a map of the wrong shape is refused below)
+            occupied |= np.asarray(p) > 0.5
     crop = _inplane_crop(occupied)
     full_shape = labels.shape
     labels = labels[crop]
