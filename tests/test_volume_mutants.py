@@ -10,6 +10,7 @@ the code under test.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import warnings
 import zlib
@@ -98,17 +99,19 @@ def test_2d_file_without_slice_thickness_gives_models_the_affine_length(tmp_path
     assert tuple(float(z) for z in hdr["pixdim"][1:4]) == pytest.approx((0.8, 0.9, 3.0), abs=1e-6)
 
 
-def test_2d_file_keeps_its_usable_slice_thickness_for_models(tmp_path):
-    """pixdim[3] = 5 mm on a 2D file is the file's slice thickness: models get it, not
-    the affine's 3rd column length (2 mm here), like every other pixdim of the file."""
+@pytest.mark.parametrize("thickness", [5.0, 500.0])
+def test_2d_file_keeps_its_usable_slice_thickness_for_models(tmp_path, thickness):
+    """pixdim[3] = 5 mm (or 500 mm, the largest possible) on a 2D file is the file's
+    slice thickness: models get it, not the affine's 3rd column length (2 mm here),
+    like every other pixdim of the file."""
     data = fx.phantom((7, 6), dtype=np.int16)
     hdr = fx.raw_header(data, np.diag([0.8, 0.9, 2.0, 1.0]), qform_code=0)
     pixdim = hdr["pixdim"].copy()
-    pixdim[3] = 5.0
+    pixdim[3] = thickness
     hdr["pixdim"] = pixdim
     vol = load(fx.write(tmp_path / "slice2d.nii", fx.raw_nifti(data, hdr)))
     zooms = tuple(float(z) for z in vol.image3d().header["pixdim"][1:4])
-    assert zooms == pytest.approx((0.8, 0.9, 5.0), abs=1e-6)
+    assert zooms == pytest.approx((0.8, 0.9, thickness), abs=1e-6)
 
 
 # ----------------------------------------------------------------- Labels or Image
@@ -321,6 +324,15 @@ def test_a_sibling_nii_is_named_in_full(tmp_path):
         vol = load(gz)
     assert vol.warnings == [expected]
     assert [str(w.message) for w in record] == [f"t2.nii.gz: {expected}"]
+
+
+def test_geometry_warnings_are_shown_at_the_callers_line(tmp_path):
+    """(Apart from the text above: under mutmut a trampoline frame moves the caller.)"""
+    data = fx.phantom()
+    gz = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    fx.write(tmp_path / "t2.nii", fx.raw_nifti(data, fx.raw_header(data)))
+    with pytest.warns(GeometryWarning) as record:
+        load(gz)
     assert record[0].filename == __file__  # shown at the caller's line, not inside load
 
 
@@ -549,3 +561,22 @@ def test_unreadable_voxels_are_called_truncated_only_when_they_are(
     with pytest.raises(NiftiError, match=r"t2\.nii\.gz: ") as info:
         load(path)
     assert info.value.problem == problem
+
+
+def test_a_loaded_volume_knows_its_file(tmp_path):
+    """The path names the volume, its saves and its autosaves (by the file's hash)."""
+    data = fx.phantom()
+    path = fx.write(tmp_path / "sub-01_T2w.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    vol = load(path)
+    assert vol.path == path and vol.name == "sub-01_T2w"
+    assert vol.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_structured_rgb_data_in_memory_is_refused_in_full():
+    """RGB files are refused by their datatype before reading; an RGB image built in
+    memory is refused when its voxels are asked for."""
+    rgb = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    vol = from_nifti(nib.Nifti1Image(rgb, np.eye(4)))
+    with pytest.raises(NiftiError, match="structured") as info:
+        vol.data  # noqa: B018
+    assert info.value.problem == "structured (RGB) data is not a scalar MRI volume"
