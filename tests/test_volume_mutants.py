@@ -205,6 +205,17 @@ def test_few_values_trusts_the_quick_sample_on_large_arrays():
     assert _few_values(data) is False
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_few_values_looks_past_a_quick_sample_that_sees_few(dtype):
+    """100 000 voxels: the quick sample (every 2nd voxel per axis) sees only zeros; the
+    values on odd indices make it an image (float or integer alike), NaN aside."""
+    data = np.zeros((50, 50, 40), dtype)
+    data[1::2, 1::2, 1::2][:4, :5, :5] = np.arange(1, 101).reshape(4, 5, 5)
+    if dtype == np.float32:
+        data[0, 0, 0] = np.nan
+    assert _few_values(data) is False
+
+
 # ---------------------------------------------------------------------- sampling
 def test_small_arrays_are_sampled_whole():
     data = np.arange(1000, dtype=np.float32).reshape(10, 10, 10)
@@ -580,3 +591,37 @@ def test_structured_rgb_data_in_memory_is_refused_in_full():
     with pytest.raises(NiftiError, match="structured") as info:
         vol.data  # noqa: B018
     assert info.value.problem == "structured (RGB) data is not a scalar MRI volume"
+
+
+# ------------------------------------------------------------ gzip read in chunks
+def test_a_gz_file_larger_than_one_read_chunk_loads_whole(tmp_path):
+    """4.4 MB of voxels: more than one 4 MiB chunk of decompression."""
+    data = np.zeros((110, 100, 100), np.float32)
+    data[::7] = 1.5
+    data[-1, -1, -1] = 2.5
+    path = tmp_path / "big.nii.gz"
+    path.write_bytes(gzip.compress(fx.raw_nifti(data, fx.raw_header(data)), 1))
+    np.testing.assert_array_equal(load(path).data, data)
+
+
+def test_a_gz_stream_that_ends_early_is_refused_with_the_counts(tmp_path):
+    """A complete gzip stream holding fewer voxel bytes than the header says."""
+    data = fx.phantom()  # 420 bytes of voxels after a 352-byte header
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(fx.raw_nifti(data, fx.raw_header(data))[:600]))
+    with pytest.raises(NiftiError, match=r"short\.nii\.gz: file is truncated") as info:
+        load(path)
+    assert info.value.problem == (
+        "file is truncated or corrupt (Expected 420 bytes of voxel data, got 248)"
+    )
+
+
+def test_bytes_after_the_gzip_stream_are_ignored_as_gunzip_does(tmp_path):
+    """Some tools append bytes to a .nii.gz; gunzip reads the stream and ignores
+    them. (Large voxels, so that nibabel's own header read stops before them.)"""
+    data = np.random.default_rng(0).integers(0, 30000, (40, 40, 40)).astype(np.int16)
+    path = tmp_path / "tail.nii.gz"
+    path.write_bytes(gzip.compress(fx.raw_nifti(data, fx.raw_header(data))) + b"garbage!")
+    vol = load(path)
+    np.testing.assert_array_equal(vol.data, data)
+    assert vol.warnings == []
