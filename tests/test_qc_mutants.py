@@ -286,6 +286,25 @@ def test_confidence_counts_model_voxels_far_from_the_labels():
     assert np.flatnonzero(t.flags["low_confidence"]).tolist() == [3]
 
 
+def test_slice_confidence_is_the_lowest_class_confidence_without_numpy_warnings():
+    """Slices where no class has a confidence stay NaN, quietly (no "All-NaN slice"
+    RuntimeWarning in the reviewer's console)."""
+    lab = cylinder()
+    lab[5:8, 0:2, 0:2] = 2  # a second class on three slices only
+    p1 = np.where(lab == 1, 0.9, 0.0).astype(np.float32)
+    p2 = np.where(lab == 2, 0.6, 0.0).astype(np.float32)
+    t = slice_table(lab, SPACING, {1: "sc", 2: "csf"}, probabilities={1: p1, 2: p2})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        conf = t.slice_confidence()
+        order = t.order("confidence").tolist()
+    expected = np.full(20, np.nan)
+    expected[3:17] = 0.9
+    expected[5:8] = 0.6
+    np.testing.assert_allclose(conf, expected, rtol=1e-6)
+    assert order[:3] == [5, 6, 7] and order[-6:] == [0, 1, 2, 17, 18, 19]
+
+
 def test_confidence_of_a_single_voxel():
     lab = np.zeros((3, 6, 6), np.uint8)
     lab[1, 2, 2] = 1
@@ -496,3 +515,24 @@ def test_poor_throughout_note_in_full():
         "100% of the cord's slices are flagged: the result is poor throughout, so refining "
         "a slab will not fix it (check the task and the image contrast, or re-run the model)"
     )
+
+
+def test_edge_runs_end_at_the_cord_ends_when_slabs_may_be_long():
+    """Cord on slices 4..7, slabs allowed up to the whole cord: a run stops at the
+    cord's last (first) slice even when the slice beyond it is flagged too."""
+    edges = edge_slices(_poor([6, 7, 8], first=4, last=7), max_fraction=1.0)
+    assert (edges.top, edges.bottom, edges.note) == ((6, 8), (6, 8), "")
+    edges = edge_slices(_poor([3, 4, 5], first=4, last=7), max_fraction=1.0)
+    assert (edges.top, edges.bottom, edges.note) == ((4, 6), (4, 6), "")
+
+
+def test_edge_search_stays_inside_a_cord_shorter_than_n():
+    """Cord on slices 4..5, n = 3: slices 3 and 6 are outside it, flagged or not."""
+    for outside in ([3], [6], [3, 6]):
+        edges = edge_slices(_poor(outside, first=4, last=5), n=3, max_fraction=1.0)
+        assert (edges.top, edges.bottom, edges.note, edges.poor_fraction) == (
+            None,
+            None,
+            "",
+            0.0,
+        )
