@@ -197,10 +197,11 @@ def test_few_values_ignores_nan_and_infinity():
     assert _few_values(data) is True
 
 
-def test_few_values_trusts_the_quick_sample_on_large_arrays():
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_few_values_trusts_the_quick_sample_on_large_arrays(dtype):
     """8M voxels: the quick sample (every 5th voxel per axis) sees 1000 values the 2M
     sample (every 2nd) misses; the file is an image, never a label map."""
-    data = np.zeros((200, 200, 200), np.uint16)
+    data = np.zeros((200, 200, 200), dtype)
     data[5::10, 5::10, 5::10] = np.arange(1, 20**3 + 1).reshape(20, 20, 20)
     assert _few_values(data) is False
 
