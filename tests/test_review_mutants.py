@@ -1,0 +1,585 @@
+"""LayerReview cases found by mutation testing (benchmarks/README.md, correction/review.py).
+
+Each test pins what the Review panel relies on: which layers can be reviewed, how
+napari's undo stacks are read, the classes and reference a review starts from, the
+"unsaved edits" state, the lesion mask's cord partner, where a save goes and what its
+record says, and the recovery files offered back. Layers are plain napari Labels built
+from small images on disk (no model run); expected values are worked out from the
+arrays, never taken from the code under test.
+"""
+
+from __future__ import annotations
+
+import collections
+import getpass
+import logging
+import types
+import zlib
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_spineseg.correction.qc import slice_table
+from napari_spineseg.correction.review import (
+    LayerReview,
+    _atom_slices,
+    _history,
+    _napari_tool,
+    _same_file,
+    _slice_checksums,
+    is_reviewable,
+    spineseg_meta,
+)
+from napari_spineseg.correction.tools import Edit
+from napari_spineseg.errors import LabelsError, SaveRefusedError
+from napari_spineseg.io import from_nifti, load
+from napari_spineseg.layers import labels_layer_data_like, volume_layer_data
+
+SHAPE = (6, 8, 8)  # display order
+
+
+def _image_file(folder: Path, name: str = "sub-01_T2w.nii.gz") -> Path:
+    data = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(SHAPE[::-1])  # file order
+    path = folder / name
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.6, 2.0, 1.0])), path)
+    return path
+
+
+def _cord(value: int = 1) -> np.ndarray:
+    """Display-order labels: a 2x2 cord on slices 1..4."""
+    lab = np.zeros(SHAPE, np.uint8)
+    lab[1:5, 3:5, 3:5] = value
+    return lab
+
+
+def result_layer(volume, labels=None, name="result", classes=None, **extra):
+    """A Labels layer as the Segment widget adds it (metadata of a model run)."""
+    from napari.layers import Labels
+
+    labels = _cord() if labels is None else labels
+    extra.setdefault("run", {"task": "seg_sc_contrast_agnostic"})
+    data, kwargs, _ = labels_layer_data_like(
+        labels,
+        volume,
+        name,
+        classes={1: "sc"} if classes is None else classes,
+        extra_meta=extra,
+    )
+    return Labels(np.array(data, copy=True), **kwargs)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    vol = load(_image_file(tmp_path))
+    assert vol.geometry.display_shape == SHAPE
+    return vol
+
+
+# ------------------------------------------------------------------ layer checks
+def test_spineseg_meta_of_layers_without_it():
+    assert spineseg_meta(types.SimpleNamespace()) is None  # no metadata attribute
+    assert spineseg_meta(types.SimpleNamespace(metadata=None)) is None
+    assert spineseg_meta(types.SimpleNamespace(metadata={"spineseg": "volume"})) is None
+    info = {"volume": 1}
+    assert spineseg_meta(types.SimpleNamespace(metadata={"spineseg": info})) is info
+
+
+def test_only_3d_labels_with_plugin_geometry_are_reviewable(volume):
+    from napari.layers import Image, Labels
+
+    layer = result_layer(volume)
+    assert is_reviewable(layer) is True
+    assert not is_reviewable(Labels(np.zeros(SHAPE, np.uint8)))  # no metadata
+    no_volume = Labels(np.zeros(SHAPE, np.uint8), metadata={"spineseg": {"volume": None}})
+    assert not is_reviewable(no_volume)
+    flat = Labels(np.zeros(SHAPE[1:], np.uint8), metadata=layer.metadata)
+    assert not is_reviewable(flat)
+    image = Image(np.zeros(SHAPE, np.float32), metadata=layer.metadata)
+    assert not is_reviewable(image)
+
+
+# ------------------------------------------------------------- napari's history
+class _Atom:
+    pass
+
+
+def test_history_reads_napari_undo_and_redo_stacks():
+    a, b, c = _Atom(), _Atom(), _Atom()
+    layer = types.SimpleNamespace(
+        _undo_history=collections.deque([[a, b]], maxlen=3),
+        _redo_history=collections.deque([[c]]),
+    )
+    undo, redo, full = _history(layer)
+    assert undo == {id(a): a, id(b): b} and redo == {id(c): c} and full is False
+    layer._undo_history.extend([[_Atom()], [_Atom()]])
+    assert _history(layer)[2] is True  # 3 items of 3: the oldest falls off next
+    layer._undo_history = collections.deque([[a]] * 5)  # no bound: never full
+    assert _history(layer)[2] is False
+
+
+@pytest.mark.parametrize(
+    "attrs",
+    [{}, {"_undo_history": collections.deque()}, {"_redo_history": collections.deque()}],
+)
+def test_history_of_a_layer_without_both_stacks_is_unknown(attrs):
+    assert _history(types.SimpleNamespace(**attrs)) is None
+
+
+def test_atom_slices_of_each_atom_format():
+    masked = types.SimpleNamespace(slice_key=(slice(2, 5), slice(0, 8)))
+    assert _atom_slices(masked, 10) == {2, 3, 4}
+    assert _atom_slices(types.SimpleNamespace(slice_key=(slice(None),)), 3) == {0, 1, 2}
+    setitem = ((np.array([4, 1, 4]), np.array([0, 0, 0])), None, None)
+    assert _atom_slices(setitem, 10) == {1, 4}
+    assert _atom_slices(((np.array([], int),), None, None), 10) == set()
+    assert _atom_slices(object(), 10) is None  # unknown: recompute everything
+
+
+def test_napari_tool_names():
+    layer = types.SimpleNamespace(mode="paint")
+    assert _napari_tool(types.SimpleNamespace(new_value=0), layer) == "napari eraser"
+    assert _napari_tool(types.SimpleNamespace(new_value=2), layer) == "napari brush"
+    assert _napari_tool(types.SimpleNamespace(), layer) == "napari brush"
+    for mode in ("fill", "FILL", "polygon"):
+        layer.mode = mode
+        assert _napari_tool(types.SimpleNamespace(new_value=1), layer) == f"napari {mode.lower()}"
+    layer.mode = "erase"
+    assert _napari_tool(types.SimpleNamespace(new_value=1), layer) == "napari brush"
+    assert _napari_tool(types.SimpleNamespace(new_value=1), object()) == "napari brush"
+
+
+def test_slice_checksums_are_crc32_of_each_slice():
+    data = np.arange(3 * 4 * 5, dtype=np.uint8).reshape(3, 4, 5)
+    expected = {z: zlib.crc32(data[z].tobytes()) for z in range(3)}
+    assert _slice_checksums(data) == expected
+    assert _slice_checksums(data, [2, 0]) == {2: expected[2], 0: expected[0]}
+    fortran = np.asfortranarray(data)  # a view in another memory order: same bytes per slice
+    assert _slice_checksums(fortran) == expected
+
+
+def test_same_file_compares_resolved_paths(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _same_file("a/../a/x.nii.gz", tmp_path / "a" / "x.nii.gz")
+    assert not _same_file("a/x.nii.gz", "a/y.nii.gz")
+
+
+# ------------------------------------------------------------- starting a review
+def test_classes_come_from_the_metadata_or_from_the_labels(volume, tmp_path):
+    state = LayerReview(
+        result_layer(volume, classes={1: "sc", 2: "lesion"}), tmp_path / "autosave"
+    )
+    assert state.classes == {1: "sc", 2: "lesion"}
+    labels = _cord()
+    labels[2, 0, 0] = 7
+    state = LayerReview(result_layer(volume, labels, classes={}), tmp_path / "autosave")
+    assert state.classes == {1: "label 1", 7: "label 7"}
+    state = LayerReview(
+        result_layer(volume, np.zeros(SHAPE, np.uint8), classes={}), tmp_path / "autosave"
+    )
+    assert state.classes == {1: "label 1"}
+
+
+def test_the_reference_is_the_model_output_when_it_fits(volume, tmp_path):
+    painted = _cord()
+    painted[0, 0, 0] = 1  # one voxel drawn since the model ran
+    state = LayerReview(result_layer(volume, painted, model_output=_cord()), tmp_path / "autosave")
+    assert state.edits.changed_voxels == 1 and state.edits.slices == (0,)
+    # a model output of another shape cannot be the reference: the layer is
+    wrong = LayerReview(
+        result_layer(volume, painted, model_output=np.zeros((2, 2, 2), np.uint8)), tmp_path
+    )
+    assert wrong.edits.changed_voxels == 0
+    np.testing.assert_array_equal(wrong.tracker.model_output, painted)
+    assert wrong.tracker.model_output is not wrong.layer.data
+
+
+def test_the_workers_qc_table_is_used_once_if_it_fits(volume, tmp_path):
+    labels = _cord()
+    ready = slice_table(labels, (2.0, 0.6, 0.5), {1: "sc"})
+    layer = result_layer(volume, labels, qc_table=ready, qc_cord_suffix="_seg")
+    state = LayerReview(layer, tmp_path / "autosave")
+    assert state.table is ready and state.table_cord_suffix == "_seg"
+    assert "qc_table" not in layer.metadata["spineseg"]  # stale after any edit
+    other = slice_table(np.zeros((3, 8, 8), np.uint8), (1, 1, 1), {1: "sc"})
+    state = LayerReview(
+        result_layer(volume, labels, qc_table=other, qc_cord_suffix="_x"), tmp_path / "autosave"
+    )
+    assert state.table is not other and state.table.n_slices == SHAPE[0]
+    assert state.table_cord_suffix is None
+    state = LayerReview(result_layer(volume, labels, qc_table="table"), tmp_path / "autosave")
+    assert state.table.n_slices == SHAPE[0]
+
+
+def test_spacing_probabilities_and_run_come_from_the_layer(volume, tmp_path):
+    p = np.zeros(SHAPE, np.float32)
+    layer = result_layer(volume, probabilities={1: p}, suffix="_sc_seg", provenance={"Name": "m"})
+    state = LayerReview(layer, tmp_path / "autosave")
+    assert state.spacing == pytest.approx((2.0, 0.6, 0.5))
+    assert state.probabilities == {1: p}
+    assert (state.suffix, state.run, state.provenance) == (
+        "_sc_seg",
+        {"task": "seg_sc_contrast_agnostic"},
+        {"Name": "m"},
+    )
+    assert state.source_path == str(volume.path) and not state.from_file
+    assert state.autosaver is not None and state.autosaver.cache_dir == tmp_path / "autosave"
+
+
+def test_a_volume_without_a_file_has_no_source_and_no_autosave(tmp_path):
+    data = np.zeros(SHAPE[::-1], np.int16)
+    vol = from_nifti(nib.Nifti1Image(data, np.diag([0.5, 0.6, 2.0, 1.0])))
+    state = LayerReview(result_layer(vol), tmp_path / "autosave")
+    assert state.source_path == "" and state.autosaver is None
+    assert state.recoveries() == []
+    assert state.autosave_snapshot(force=True) is None
+    assert state.autosave_write(_cord(), {}) is None
+    with pytest.raises(SaveRefusedError) as info:
+        state.default_path()
+    assert str(info.value) == (
+        "result: the image was not read from a file, so there is no default output name; "
+        "choose a path (Save as...)"
+    )
+
+
+def test_autosave_refused_next_to_the_data_is_logged_not_raised(volume, caplog):
+    with caplog.at_level(logging.WARNING, logger="napari_spineseg.correction.review"):
+        state = LayerReview(result_layer(volume), volume.path.parent)
+    assert state.autosaver is None
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+        "autosave disabled for result"
+    ]
+
+
+# ------------------------------------------------------------------ unsaved state
+def test_dirty_follows_the_data_and_can_be_dropped(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    assert state.dirty is False
+    layer.data_setitem((np.array([0]), np.array([0]), np.array([0])), np.array([1], np.uint8))
+    assert state.dirty is True
+    state.dirty = False  # the reviewer chose to drop the change: it is not "unsaved"
+    assert state.dirty is False
+    state.dirty = True
+    assert state.dirty is True
+    layer.undo()
+    state.dirty = False
+    assert state.dirty is False and state.refresh().changed_voxels == 0
+
+
+def test_an_assignment_of_new_data_is_compared_in_full(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    new = _cord()
+    new[5, 7, 7] = 1
+    layer.data = new
+    state.note_reload()
+    assert state.dirty and state.refresh().changed_voxels == 1
+
+
+def test_listeners_are_told_of_paint_reload_and_history_moves(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    told = []
+    state.listener = lambda: told.append
+    state.on_paint_event()
+    state.on_reload_event()
+    assert told == [state, state]
+    state.refresh()
+    state.on_set_data_event()  # nothing moved since the refresh: not told
+    assert len(told) == 2
+    layer.data_setitem((np.array([0]), np.array([0]), np.array([0])), np.array([1], np.uint8))
+    state.on_set_data_event()
+    assert len(told) == 3
+    state.listener = lambda: None  # the widget is gone
+    state.on_paint_event()
+    assert len(told) == 3
+
+
+def test_paint_events_count_toward_the_autosave(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    for _ in range(3):
+        state.note_paint()
+    assert state.autosaver.unsaved_edits == 3
+
+
+# ------------------------------------------------------------------- cord partner
+def test_a_lesion_mask_needs_a_cord_partner(volume, tmp_path):
+    lesion = LayerReview(result_layer(volume, classes={1: "lesion"}), tmp_path / "autosave")
+    assert lesion.needs_cord_partner and lesion.cord_values == ()
+    both = LayerReview(result_layer(volume, classes={1: "sc", 2: "lesion"}), tmp_path / "autosave")
+    assert not both.needs_cord_partner and both.cord_values == (1,)
+    cord = LayerReview(result_layer(volume, classes={1: "sc"}), tmp_path / "autosave")
+    assert not cord.needs_cord_partner
+
+
+def test_the_cord_reference_is_the_partners_cord_classes(volume, tmp_path):
+    lesion = LayerReview(result_layer(volume, classes={1: "lesion"}), tmp_path / "autosave")
+    assert lesion.cord_reference() is None
+    labels = _cord()
+    labels[0, 0:2, 0:2] = 2  # CSF, not cord
+    partner = LayerReview(
+        result_layer(volume, labels, classes={1: "sc", 2: "csf"}), tmp_path / "autosave"
+    )
+    lesion.cord_partner = lambda: partner
+    np.testing.assert_array_equal(lesion.cord_reference(), labels == 1)
+    lesion.cord_partner = lambda: None  # closed
+    assert lesion.cord_reference() is None
+    small = types.SimpleNamespace(layer=types.SimpleNamespace(data=np.ones((2, 8, 8))))
+    lesion.cord_partner = lambda: small
+    assert lesion.cord_reference() is None
+
+
+def test_the_table_checks_lesions_against_the_partner(volume, tmp_path):
+    lesion_labels = np.zeros(SHAPE, np.uint8)
+    lesion_labels[2, 0, 7] = 1  # far from the partner's cord
+    lesion_labels[3, 3, 3] = 1  # inside it
+    lesion = LayerReview(
+        result_layer(volume, lesion_labels, classes={1: "lesion"}), tmp_path / "autosave"
+    )
+    partner = LayerReview(result_layer(volume, classes={1: "sc"}), tmp_path / "autosave")
+    lesion.cord_partner = lambda: partner
+    lesion.refresh(full=True)
+    assert np.flatnonzero(lesion.table.flags["lesion_outside_cord"]).tolist() == [2]
+    assert lesion.summary()[1].voxels == 2
+    assert lesion.edge_slabs(n=1).poor_fraction == 0.5
+    assert lesion.edge_slabs().note == (
+        "the poor run 2–2 is longer than 33% of the cord: review it slice by slice"
+    )
+
+
+# ------------------------------------------------------------------------- edits
+def _one_voxel(z=0, y=0, x=0, value=1) -> Edit:
+    return Edit((np.array([z]), np.array([y]), np.array([x])), np.array([value], np.uint8))
+
+
+def test_a_tool_edit_is_one_undo_step_and_its_fact_follows_it(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    assert state.apply(_one_voxel(5, 7, 7), "interpolate") == 1
+    assert state.tools_used == {"interpolate"} and state.edits.changed_voxels == 1
+    layer.undo()
+    state.refresh()
+    assert state.tools_used == set() and state.edits.changed_voxels == 0
+    layer.redo()
+    state.refresh()
+    assert state.tools_used == {"interpolate"} and state.edits.slices == (5,)
+    # an edit that changes nothing is not a step and not in the record
+    assert state.apply(Edit((np.array([], int),) * 3, np.array([], np.uint8)), "fill_holes") == 0
+    assert state.tools_used == {"interpolate"}
+
+
+def test_tools_are_recorded_by_name(volume, tmp_path):
+    labels = _cord()
+    labels[2, 0, 0] = 1  # a speck
+    labels[3, 3, 3] = 0  # a hole in the cord
+    state = LayerReview(result_layer(volume, labels), tmp_path / "autosave")
+    assert state.remove_small(1, 2.9) == 1  # the 1-voxel speck; the size as a whole number
+    assert state.fill_holes(1) == 0  # (the hole touches the cord's border on its slice)
+    assert state.interpolate(1, 1, 4) >= 0
+    assert "remove_small" in state.tools_used and "fill_holes" not in state.tools_used
+
+
+def test_trim_records_the_slab_as_given(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    assert state.trim((np.int64(3), 5)) == 8  # slices 3 and 4, 4 voxels each
+    assert state.slabs_trimmed == [(3, 5)] and type(state.slabs_trimmed[0][0]) is int
+    assert state.tools_used == {"trim"}
+    assert state.trim((0, 1)) == 0  # nothing there: not recorded
+    assert state.slabs_trimmed == [(3, 5)]
+
+
+def test_a_refine_becomes_the_reference_of_its_slab(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    refined = np.zeros((3, 8, 8), np.int64)  # crop (2, 5): slices 2..4
+    refined[:, 2:6, 2:6] = 1  # a larger cord
+    change = state.merge(refined, (2, 5), (3, 5))
+    assert change.edit.n_voxels == 2 * 12
+    assert state.apply_refine(change, refined, (2, 5), (3, 5)) == 24
+    assert state.slabs_refined == [(3, 5)] and state.tools_used == {"refine"}
+    assert state.tracker.model_output.dtype == np.uint8
+    np.testing.assert_array_equal(state.tracker.model_output[3:5], refined[1:3])
+    assert state.refresh().changed_voxels == 0  # the refined prediction is the reference
+    layer.undo()
+    state.refresh()
+    assert state.slabs_refined == [] and state.edits.changed_voxels == 0
+    np.testing.assert_array_equal(state.tracker.model_output, _cord())
+
+
+def test_a_refine_that_changes_nothing_still_sets_the_reference(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    refined = _cord()[1:5]
+    change = state.merge(refined, (1, 5), (1, 5))
+    assert state.apply_refine(change, refined, (1, 5), (1, 5)) == 0
+    assert state.slabs_refined == [(1, 5)] and state.tools_used == set()
+
+
+def test_merge_keeps_the_reviewers_edits_unless_overwriting(volume, tmp_path):
+    labels = _cord()
+    labels[3, 0, 0] = 1  # the reviewer's voxel
+    state = LayerReview(result_layer(volume, labels, model_output=_cord()), tmp_path / "autosave")
+    refined = np.zeros((1, 8, 8), np.uint8)
+    kept = state.merge(refined, (3, 4), (3, 4))
+    assert kept.merged[3, 0, 0] == 1 and kept.merged[3, 3, 3] == 0
+    over = state.merge(refined, (3, 4), (3, 4), overwrite=True)
+    assert over.merged[3, 0, 0] == 0
+
+
+def test_restoring_a_recovery_is_one_recorded_step(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    recovered = _cord()
+    recovered[0, 1, 1] = 1
+    recovered[1, 3, 3] = 0
+    assert state.restore_labels(recovered.astype(np.int64)) == 2
+    assert layer.data.dtype == np.uint8
+    np.testing.assert_array_equal(layer.data, recovered)
+    assert state.tools_used == {"recovered"}
+    with pytest.raises(LabelsError) as info:
+        state.restore_labels(np.zeros((6, 8, 7), np.uint8))
+    assert str(info.value) == "recovered labels (6, 8, 7) do not fit layer 'result' (6, 8, 8)"
+
+
+# ---------------------------------------------------------------------- saving
+def test_default_path_is_beside_the_image_with_the_tasks_suffix(volume, tmp_path):
+    state = LayerReview(result_layer(volume, suffix="_sc_seg"), tmp_path / "autosave")
+    assert state.default_path() == volume.path.parent / "sub-01_T2w_sc_seg.nii.gz"
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    assert state.default_path() == volume.path.parent / "sub-01_T2w_seg.nii.gz"
+
+
+def test_a_mask_opened_from_disk_saves_over_itself(tmp_path):
+    from napari.layers import Labels
+
+    image = _image_file(tmp_path)
+    mask = tmp_path / "sub-01_T2w_seg.nii.gz"
+    vol = load(image)
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE[::-1], np.uint8), vol.affine), mask)
+    data, kwargs, _ = volume_layer_data(load(mask), as_labels=True, classes={1: "sc"})
+    state = LayerReview(Labels(data, **kwargs), tmp_path / "autosave")
+    assert state.from_file and state.default_path() == mask
+    # an image opened as labels is not a mask file: never saved over the image
+    meta = {"spineseg": {"volume": vol, "role": "image", "source_path": str(image)}}
+    state = LayerReview(Labels(np.zeros(SHAPE, np.uint8), metadata=meta), tmp_path / "autosave")
+    assert not state.from_file and state.default_path() == tmp_path / "sub-01_T2w_seg.nii.gz"
+
+
+def test_the_record_names_author_layer_task_and_classes(volume, tmp_path):
+    state = LayerReview(result_layer(volume, classes={1: "sc", 2: "lesion"}), tmp_path / "a")
+    state.apply(_one_voxel(0, 0, 0, 2), "interpolate")
+    state.table.set_reviewed([4, 1])
+    record = state.correction_record()
+    assert record["Author"] == getpass.getuser()
+    details = record["napari-spineseg"]
+    assert details["Layer"] == "result" and details["Task"] == "seg_sc_contrast_agnostic"
+    assert details["Classes"] == {"1": "sc", "2": "lesion"}
+    assert details["VoxelsChanged"] == {"lesion": {"added": 1, "removed": 0}}
+    assert details["ReviewedSlices"] == [1, 4] and details["ToolsUsed"] == ["interpolate"]
+    assert state.correction_record("rater")["Author"] == "rater"
+    no_run = LayerReview(result_layer(volume, run=None), tmp_path / "a")
+    assert no_run.correction_record("r")["napari-spineseg"]["Task"] is None
+
+
+def _entries(mask: Path) -> list[dict]:
+    import json
+
+    from napari_spineseg import sidecar
+
+    return json.loads(sidecar.sidecar_path(mask).read_text(encoding="utf-8"))["GeneratedBy"]
+
+
+@pytest.mark.parametrize(
+    "touch, recorded",
+    [
+        (None, False),
+        ("edit", True),
+        ("trim", True),
+        ("refine", True),
+        ("review", True),
+    ],
+)
+def test_an_untouched_result_keeps_the_models_entry_alone(volume, tmp_path, touch, recorded):
+    provenance = {"task": "seg_sc", "version": "9.9"}
+    layer = result_layer(volume, provenance=provenance)
+    state = LayerReview(layer, tmp_path / "autosave")
+    if touch == "edit":
+        state.apply(_one_voxel(), "interpolate")
+    elif touch == "trim":
+        state.trim((1, 2))
+        layer.data_setitem(
+            (np.array([1] * 4), np.array([3, 3, 4, 4]), np.array([3, 4, 3, 4])),
+            np.ones(4, np.uint8),
+        )  # painted back: no voxel changed, but a slab was trimmed
+    elif touch == "refine":
+        refined = _cord()[1:2]
+        state.apply_refine(state.merge(refined, (1, 2), (1, 2)), refined, (1, 2), (1, 2))
+    elif touch == "review":
+        state.table.set_reviewed(2)
+    written = state.save(tmp_path / "out_seg.nii.gz", author="rater")
+    entries = _entries(written)
+    assert (entries[0]["Name"], entries[0]["Task"]) == ("napari-spineseg", "seg_sc")
+    assert len(entries) == (2 if recorded else 1)
+    assert state.saved_paths == [written] and not state.dirty
+
+
+def test_a_mask_without_any_entry_gets_the_record(volume, tmp_path):
+    state = LayerReview(result_layer(volume, run=None), tmp_path / "autosave")
+    written = state.save(tmp_path / "drawn_seg.nii.gz", author="rater")
+    assert [e.get("Author") for e in _entries(written)] == ["rater"]
+
+
+def test_a_save_discards_the_recovery_file(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    state.apply(_one_voxel(), "interpolate")
+    snapshot = state.autosave_snapshot(force=True)
+    recovery = state.autosave_write(*snapshot)
+    assert recovery.exists() and len(state.recoveries()) == 1
+    state.save(tmp_path / "out_seg.nii.gz")
+    assert not recovery.exists() and state.recoveries() == []
+
+
+def test_confirmation_is_asked_before_replacing_a_file_of_another_session(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    target = tmp_path / "out_seg.nii.gz"
+    assert state.needs_confirmation(target) is None  # nothing there
+    target.write_bytes(b"someone's mask")
+    assert state.needs_confirmation(target) == target
+    assert state.needs_confirmation() is None  # the default path does not exist
+    state.saved_paths.append(target)
+    assert state.needs_confirmation(target) is None  # this session wrote it
+
+
+# -------------------------------------------------------------------- autosave
+def test_autosave_snapshot_only_when_dirty_and_due(volume, tmp_path):
+    layer = result_layer(volume, suffix="_sc_seg")
+    state = LayerReview(layer, tmp_path / "autosave")
+    assert state.autosave_snapshot(force=True) is None  # nothing unsaved
+    layer.data_setitem((np.array([0]), np.array([0]), np.array([0])), np.array([1], np.uint8))
+    state.note_paint()
+    assert state.autosave_snapshot() is None  # one edit: not due yet
+    labels, meta = state.autosave_snapshot(force=True)
+    np.testing.assert_array_equal(labels, layer.data)
+    assert labels is not layer.data and meta == {"suffix": "_sc_seg"}
+    for _ in range(9):
+        state.note_paint()
+    assert state.autosave_snapshot() is not None  # every 10 edits
+    no_suffix = LayerReview(result_layer(volume, name="other"), tmp_path / "autosave")
+    no_suffix.apply(_one_voxel(), "interpolate")
+    assert no_suffix.autosave_snapshot(force=True)[1] == {"suffix": ""}
+
+
+def test_recoveries_are_those_of_this_layer_and_shape(volume, tmp_path):
+    cache = tmp_path / "autosave"
+    state = LayerReview(result_layer(volume), cache)
+    other = LayerReview(result_layer(volume, name="other"), cache)
+    state.apply(_one_voxel(), "interpolate")
+    other.apply(_one_voxel(), "interpolate")
+    state.autosave_write(*state.autosave_snapshot(force=True))
+    other.autosave_write(*other.autosave_snapshot(force=True))
+    assert [e.layer_name for e in state.recoveries()] == ["result"]
+    wrong_shape = np.zeros((5, 8, 8), np.uint8)
+    state.autosaver.save(wrong_shape, {"suffix": ""})
+    assert state.recoveries() == []
