@@ -583,3 +583,99 @@ def test_recoveries_are_those_of_this_layer_and_shape(volume, tmp_path):
     wrong_shape = np.zeros((5, 8, 8), np.uint8)
     state.autosaver.save(wrong_shape, {"suffix": ""})
     assert state.recoveries() == []
+
+
+# --------------------------------------------------------- facts and the history
+def _setitem(layer, z, y=0, x=0, value=1):
+    idx = (np.array([z]), np.array([y]), np.array([x]))
+    layer.data_setitem(idx, np.array([value], np.uint8))
+
+
+def test_a_fact_whose_step_fell_off_a_full_undo_stack_is_permanent(volume, tmp_path):
+    layer = result_layer(volume)
+    layer._undo_history = collections.deque(maxlen=3)
+    state = LayerReview(layer, tmp_path / "autosave")
+    state.apply(_one_voxel(5, 7, 7), "interpolate")
+    for z in (0, 1, 2, 3):  # four more steps: the tool's step leaves the stack
+        _setitem(layer, z, 7, 0)
+    state.refresh()
+    assert state.tools_used == {"interpolate"}
+    assert [f.atom for f in state.facts if f.value == "interpolate"] == [None]
+    for _ in range(3):
+        layer.undo()
+    state.refresh()
+    assert state.tools_used == {"interpolate"}  # cannot be undone any more
+
+
+def test_an_undone_fact_is_gone_once_a_new_edit_clears_the_redo_stack(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    state.apply(_one_voxel(5, 7, 7), "interpolate")
+    layer.undo()
+    _setitem(layer, 0)  # clears napari's redo stack before the review looked
+    state.refresh()
+    assert state.tools_used == set()
+    state.apply(_one_voxel(4, 7, 7), "remove_small")
+    layer.undo()
+    state.refresh()  # seen in the redo stack ...
+    _setitem(layer, 1)  # ... then cleared
+    state.refresh()
+    assert state.tools_used == set()
+    assert all(f.atom is None for f in state.facts)
+
+
+def test_an_undone_refine_stops_being_the_reference_even_when_its_redo_is_cleared(
+    volume, tmp_path
+):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    refined = np.ones((1, 8, 8), np.uint8)
+    state.apply_refine(state.merge(refined, (2, 3), (2, 3)), refined, (2, 3), (2, 3))
+    np.testing.assert_array_equal(state.tracker.model_output[2], 1)
+    layer.undo()
+    _setitem(layer, 0)
+    state.refresh()
+    np.testing.assert_array_equal(state.tracker.model_output, _cord())
+    assert state.edits.changed_voxels == 1 and state.slabs_refined == []
+
+
+def test_every_slice_changed_between_two_refreshes_is_compared(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    _setitem(layer, 0)
+    _setitem(layer, 5, 7, 7)
+    assert state.refresh().slices == (0, 5)
+    layer.undo()
+    layer.undo()
+    assert state.refresh().changed_voxels == 0
+    layer.redo()
+    assert state.refresh().slices == (0,)
+
+
+def test_a_history_step_of_unknown_form_makes_a_full_comparison(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    layer.data[5, 7, 7] = 1  # changed in place: no history of its own
+    layer._undo_history.append([object()])  # a step whose slices cannot be read
+    assert state.refresh().slices == (5,)
+
+
+def test_the_review_of_a_layer_without_napari_history_compares_in_full(volume, tmp_path):
+    class Plain:
+        """A duck-typed layer: data, scale, metadata and data_setitem only."""
+
+        def __init__(self, layer):
+            self.name, self.data, self.scale = "plain", layer.data, layer.scale
+            self.metadata = layer.metadata
+
+        def data_setitem(self, indices, values):
+            self.data[indices] = values
+
+    layer = Plain(result_layer(volume))
+    state = LayerReview(layer, tmp_path / "autosave")
+    assert state.history_moved() is True
+    layer.data[3, 0, 0] = 1
+    state.note_paint()
+    assert state.dirty and state.refresh().slices == (3,)
+    assert state.apply(_one_voxel(4, 0, 0), "interpolate") == 1
+    assert state.edits.slices == (3, 4) and state.tools_used == {"interpolate"}
