@@ -372,14 +372,46 @@ def test_a_tool_edit_is_one_undo_step_and_its_fact_follows_it(volume, tmp_path):
 
 
 def test_tools_are_recorded_by_name(volume, tmp_path):
-    labels = _cord()
-    labels[2, 0, 0] = 1  # a speck
-    labels[3, 3, 3] = 0  # a hole in the cord
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[1:5, 2:7, 2:7] = 1
+    labels[1:5, 4, 4] = 0  # a tube along the cord: a hole on every slice, open in 3D
+    labels[2:4] = 0  # slices 2 and 3 to interpolate
+    labels[1, 0, 0] = 1  # a speck
     state = LayerReview(result_layer(volume, labels), tmp_path / "autosave")
     assert state.remove_small(1, 2.9) == 1  # the 1-voxel speck; the size as a whole number
-    assert state.fill_holes(1) == 0  # (the hole touches the cord's border on its slice)
-    assert state.interpolate(1, 1, 4) >= 0
-    assert "remove_small" in state.tools_used and "fill_holes" not in state.tools_used
+    assert state.fill_holes(1, "3d") == 0  # open at both ends of the tube
+    assert state.fill_holes(1) == 2  # enclosed on slices 1 and 4
+    assert state.interpolate(1, 1, 4) == 2 * 25
+    assert state.tools_used == {"remove_small", "fill_holes", "interpolate"}
+
+
+def test_interpolation_uses_the_in_plane_voxel_size(tmp_path):
+    """0.5 x 2 mm pixels: a shape halfway between a 9-pixel-wide bar and a dot is
+    judged in mm, as the tools module does with that spacing."""
+    from napari_spineseg.correction import interpolate_between
+
+    path = tmp_path / "aniso.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE[::-1], np.int16), np.diag([2.0, 0.5, 3.0, 1])), path)
+    vol = load(path)
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0, 1:7, 1:7] = 1
+    labels[4, 3:5, 3:5] = 1
+    layer = result_layer(vol, labels)
+    state = LayerReview(layer, tmp_path / "autosave")
+    spacing = tuple(float(s) for s in layer.scale[1:])
+    assert spacing[0] != spacing[1]
+    expected = interpolate_between(labels, 1, 0, 4, spacing=spacing)
+    isotropic = interpolate_between(labels, 1, 0, 4)
+    assert expected.n_voxels != isotropic.n_voxels
+    assert state.interpolate(1, 0, 4) == expected.n_voxels
+
+
+def test_trim_clears_only_the_classes_asked(volume, tmp_path):
+    labels = _cord()
+    labels[1:5, 0, 0] = 2
+    state = LayerReview(result_layer(volume, labels, classes={1: "sc", 2: "lesion"}), tmp_path)
+    assert state.trim((1, 3), values=[2]) == 2
+    assert (state.layer.data[1:3] == 1).sum() == 8
 
 
 def test_trim_records_the_slab_as_given(volume, tmp_path):
@@ -679,3 +711,57 @@ def test_the_review_of_a_layer_without_napari_history_compares_in_full(volume, t
     assert state.dirty and state.refresh().slices == (3,)
     assert state.apply(_one_voxel(4, 0, 0), "interpolate") == 1
     assert state.edits.slices == (3, 4) and state.tools_used == {"interpolate"}
+
+
+def test_a_refine_slab_inside_its_crop_sets_only_the_slab(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    refined = np.ones((4, 8, 8), np.uint8)  # crop (1, 5)
+    change = state.merge(refined, (1, 5), (2, 3))
+    state.apply_refine(change, refined, (1, 5), (2, 3))
+    reference = state.tracker.model_output
+    assert (reference[2] == 1).all()
+    np.testing.assert_array_equal(reference[[0, 1, 3, 4, 5]], _cord()[[0, 1, 3, 4, 5]])
+
+
+def test_review_marks_survive_every_refresh(volume, tmp_path):
+    p = np.where(_cord() == 1, np.float32(0.9), np.float32(0.0))
+    state = LayerReview(result_layer(volume, probabilities={1: p}), tmp_path / "autosave")
+    state.table.set_reviewed([2, 3])
+    state.apply(_one_voxel(0, 0, 0), "interpolate")
+    assert state.table.reviewed_slices() == [2, 3]
+    assert state.table.confidence[1][2] == pytest.approx(0.9)  # the model's maps are used
+    assert state.correction_record("r")["napari-spineseg"]["ReviewedSlices"] == [2, 3]
+
+
+def test_edge_slabs_look_three_slices_in_by_default(volume, tmp_path):
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[0:6, 3:5, 3:5] = 1
+    labels[2, 0, 0] = labels[3, 0, 0] = 1  # two poor slices: the 3rd and 4th of the cord
+    state = LayerReview(result_layer(volume, labels), tmp_path / "autosave")
+    assert state.edge_slabs().top == (2, 4)
+    assert state.edge_slabs(n=2).top is None
+
+
+def test_the_record_compares_the_whole_array(volume, tmp_path):
+    """A change napari did not record (an in-place write) is still in the record."""
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    layer.data[5, 0, 0] = 1
+    details = state.correction_record("r")["napari-spineseg"]
+    assert details["VoxelsChangedTotal"] == 1 and details["SlicesEdited"] == [5]
+
+
+def test_a_save_handler_gets_the_path_and_author(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    calls = []
+    state.save_handler = lambda path, author: calls.append((path, author)) or tmp_path
+    assert state.save("x.nii.gz", "rater") == tmp_path
+    assert calls == [("x.nii.gz", "rater")]
+
+
+def test_a_result_is_never_saved_over_its_image(volume, tmp_path):
+    state = LayerReview(result_layer(volume), tmp_path / "autosave")
+    before = volume.path.read_bytes()
+    with pytest.raises(SaveRefusedError):
+        state.save(volume.path)
+    assert volume.path.read_bytes() == before
