@@ -33,7 +33,7 @@ from napari_spineseg.correction.review import (
     spineseg_meta,
 )
 from napari_spineseg.correction.tools import Edit
-from napari_spineseg.errors import LabelsError, SaveRefusedError
+from napari_spineseg.errors import LabelsError, SaveRefusedError, SpinesegError
 from napari_spineseg.io import from_nifti, load
 from napari_spineseg.layers import labels_layer_data_like, volume_layer_data
 
@@ -211,6 +211,8 @@ def test_the_workers_qc_table_is_used_once_if_it_fits(volume, tmp_path):
     assert state.table_cord_suffix is None
     state = LayerReview(result_layer(volume, labels, qc_table="table"), tmp_path / "autosave")
     assert state.table.n_slices == SHAPE[0]
+    layer = result_layer(volume, labels, qc_table=ready)  # a table without a cord output
+    assert LayerReview(layer, tmp_path / "autosave").table_cord_suffix is None
 
 
 def test_spacing_probabilities_and_run_come_from_the_layer(volume, tmp_path):
@@ -248,9 +250,29 @@ def test_autosave_refused_next_to_the_data_is_logged_not_raised(volume, caplog):
     with caplog.at_level(logging.WARNING, logger="napari_spineseg.correction.review"):
         state = LayerReview(result_layer(volume), volume.path.parent)
     assert state.autosaver is None
-    assert [r.getMessage().split(":")[0] for r in caplog.records] == [
-        "autosave disabled for result"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"autosave disabled for result: autosave folder {volume.path.parent} is the folder "
+        f"of {volume.path}: recovery files are never written next to the data; unset "
+        "SPINESEG_AUTOSAVE_DIR or point it to another folder"
     ]
+
+
+def test_autosave_every_ten_edits_or_thirty_seconds(volume, tmp_path):
+    saver = LayerReview(result_layer(volume), tmp_path / "autosave").autosaver
+    assert (saver.every_edits, saver.every_seconds) == (10, 30.0)
+    assert saver.layer_name == "result" and saver.source_sha256 == volume.sha256
+
+
+def test_a_layer_without_plugin_geometry_is_refused_in_full():
+    from napari.layers import Labels
+
+    for meta in ({}, {"spineseg": {"volume": None}}):
+        with pytest.raises(SpinesegError) as info:
+            LayerReview(Labels(np.zeros(SHAPE, np.uint8), name="drawn", metadata=meta))
+        assert str(info.value) == (
+            "layer 'drawn' has no napari-spineseg geometry: segment an image with the Segment "
+            "widget, or open a mask with napari-spineseg"
+        )
 
 
 # ------------------------------------------------------------------ unsaved state
@@ -287,15 +309,18 @@ def test_listeners_are_told_of_paint_reload_and_history_moves(volume, tmp_path):
     state.on_paint_event()
     state.on_reload_event()
     assert told == [state, state]
-    state.refresh()
-    state.on_set_data_event()  # nothing moved since the refresh: not told
+    state.apply(_one_voxel(), "interpolate")
+    state.on_set_data_event()  # nothing moved since the last refresh: not told
     assert len(told) == 2
-    layer.data_setitem((np.array([0]), np.array([0]), np.array([0])), np.array([1], np.uint8))
+    layer.data_setitem((np.array([1]), np.array([0]), np.array([0])), np.array([1], np.uint8))
     state.on_set_data_event()
     assert len(told) == 3
     state.listener = lambda: None  # the widget is gone
     state.on_paint_event()
     assert len(told) == 3
+    alone = LayerReview(result_layer(volume, name="alone"), tmp_path / "autosave")
+    alone.on_paint_event()  # no listener ever set
+    alone.on_reload_event()
 
 
 def test_paint_events_count_toward_the_autosave(volume, tmp_path):
@@ -706,6 +731,10 @@ def test_the_review_of_a_layer_without_napari_history_compares_in_full(volume, t
     layer = Plain(result_layer(volume))
     state = LayerReview(layer, tmp_path / "autosave")
     assert state.history_moved() is True
+    layer.data[2, 0, 0] = 1  # no event at all: still seen
+    assert state.dirty
+    layer.data[2, 0, 0] = 0
+    assert not state.dirty
     layer.data[3, 0, 0] = 1
     state.note_paint()
     assert state.dirty and state.refresh().slices == (3,)
@@ -765,3 +794,30 @@ def test_a_result_is_never_saved_over_its_image(volume, tmp_path):
     with pytest.raises(SaveRefusedError):
         state.save(volume.path)
     assert volume.path.read_bytes() == before
+
+
+def test_a_permanent_fact_does_not_stop_the_others_from_following_undo(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    refined = _cord()[1:5]  # a refine that changes nothing: its fact is permanent
+    state.apply_refine(state.merge(refined, (1, 5), (1, 5)), refined, (1, 5), (1, 5))
+    state.apply(_one_voxel(), "interpolate")
+    layer.undo()
+    state.refresh()
+    assert state.tools_used == set() and state.slabs_refined == [(1, 5)]
+
+
+def test_brush_strokes_on_slices_past_the_row_count_are_compared(tmp_path):
+    """napari's paint steps name their slices by a bounding box along axis 0."""
+    path = tmp_path / "tall.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 12), np.int16), np.eye(4)), path)
+    vol = load(path)
+    labels = np.zeros(vol.geometry.display_shape, np.uint8)
+    assert labels.shape[0] > labels.shape[1]
+    layer = result_layer(vol, labels)
+    state = LayerReview(layer, tmp_path / "autosave")
+    layer.brush_size = 1
+    z = labels.shape[0] - 2
+    layer.paint((z, 1, 1), 1)
+    assert state.refresh().slices == (z,)
+    assert state.tools_used == {"napari brush"}
