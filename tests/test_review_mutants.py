@@ -821,3 +821,37 @@ def test_brush_strokes_on_slices_past_the_row_count_are_compared(tmp_path):
     layer.paint((z, 1, 1), 1)
     assert state.refresh().slices == (z,)
     assert state.tools_used == {"napari brush"}
+
+
+def test_a_paint_after_an_assignment_keeps_the_full_comparison(volume, tmp_path):
+    layer = result_layer(volume)
+    state = LayerReview(layer, tmp_path / "autosave")
+    new = _cord()
+    new[5, 7, 7] = 1
+    layer.data = new  # an assignment (a recovery, a script) ...
+    state.note_reload()
+    _setitem(layer, 0)  # ... then a paint, before any refresh
+    state.note_paint()
+    assert state.refresh().slices == (0, 5)
+
+
+def test_an_unresolvable_path_is_never_the_same_file(monkeypatch):
+    def refuse(self, strict=False):
+        raise OSError(40, "Too many levels of symbolic links")
+
+    monkeypatch.setattr(Path, "resolve", refuse)
+    assert _same_file("a.nii.gz", "a.nii.gz") is False
+
+
+def test_an_undone_fact_stays_undone_when_a_full_stack_drops_its_redo(volume, tmp_path):
+    layer = result_layer(volume)
+    layer._undo_history = collections.deque(maxlen=3)
+    state = LayerReview(layer, tmp_path / "autosave")
+    for z in (0, 1, 2):
+        _setitem(layer, z, 7, 0)
+    state.apply(_one_voxel(5, 7, 7), "interpolate")
+    layer.undo()
+    state.refresh()  # the tool's step seen in the redo stack
+    _setitem(layer, 3, 7, 0)  # clears the redo stack; the undo stack is full again
+    state.refresh()
+    assert state.tools_used == set()
