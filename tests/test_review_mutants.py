@@ -855,3 +855,18 @@ def test_an_undone_fact_stays_undone_when_a_full_stack_drops_its_redo(volume, tm
     _setitem(layer, 3, 7, 0)  # clears the redo stack; the undo stack is full again
     state.refresh()
     assert state.tools_used == set()
+
+
+def test_a_recovery_keeps_the_snapshots_metadata(volume, tmp_path):
+    state = LayerReview(result_layer(volume, suffix="_sc_seg"), tmp_path / "autosave")
+    state.apply(_one_voxel(), "interpolate")
+    state.autosave_write(*state.autosave_snapshot(force=True))
+    assert state.recoveries()[0].meta["suffix"] == "_sc_seg"
+
+
+def test_recoveries_with_autosave_disabled_look_in_the_default_folder(
+    volume, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "default"))
+    state = LayerReview(result_layer(volume), volume.path.parent)  # refused: disabled
+    assert state.autosaver is None and state.recoveries() == []
