@@ -870,3 +870,17 @@ def test_recoveries_with_autosave_disabled_look_in_the_default_folder(
     monkeypatch.setenv("SPINESEG_AUTOSAVE_DIR", str(tmp_path / "default"))
     state = LayerReview(result_layer(volume), volume.path.parent)  # refused: disabled
     assert state.autosaver is None and state.recoveries() == []
+
+
+def test_a_result_is_never_saved_over_its_source_even_a_mask(tmp_path):
+    """A model run on a mask file (a label map): its result never replaces that file;
+    only a mask opened for correction is saved over itself."""
+    path = tmp_path / "sub-01_T2w_seg.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE[::-1], np.uint8), np.eye(4)), path)
+    source = load(path)
+    assert source.looks_like_labels()
+    state = LayerReview(result_layer(source), tmp_path / "autosave")
+    before = path.read_bytes()
+    with pytest.raises(SaveRefusedError, match="is the source image"):
+        state.save(path)
+    assert path.read_bytes() == before
