@@ -230,8 +230,8 @@ FULL_PROBLEMS: dict[str, str | re.Pattern] = {
     "and 4D images can be shown and segmented",
     "NaN in the affine": "header field srow_x holds NaN or infinity: the orientation is "
     "corrupt; " + FIX,
-    "qform not a rotation, no sform": "the qform quaternion is not a rotation (b²+c²+d² > 1, "
-    "corrupt qform) and there is no sform to use instead; " + FIX,
+    "qform not a rotation, no sform": "the qform quaternion is not a rotation (b²+c²+d² = 1.62 > "
+    "1, corrupt qform) and there is no sform to use instead; " + FIX,
     "vox_offset inf": "vox_offset = inf: " + VOX_OFFSET.format(1, 352) + FIX,
     "vox_offset NaN": "vox_offset = nan: " + VOX_OFFSET.format(1, 352) + FIX,
     "vox_offset 0": "vox_offset = 0.0: " + VOX_OFFSET.format(1, 352) + FIX,

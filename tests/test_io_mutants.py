@@ -23,6 +23,7 @@ import nifti_factory as fx
 from napari_spineseg.errors import NiftiError
 from napari_spineseg.io import load
 from napari_spineseg.io.checks import (
+    FIX_WITH_NIBABEL,
     Sniffed,
     check_header,
     header_findings,
@@ -297,7 +298,7 @@ def test_bad_quaternion_refused_without_sform_warned_with_it():
         check_header(path, _bad_quaternion_image(scode=0), -1e-6)
     assert str(info.value) == (
         "/data/sub-01_T2w.nii.gz: the qform quaternion is not a rotation (b²+c²+d² = 1.62 > 1, "
-        "corrupt qform) and there is no sform to use instead"
+        "corrupt qform) and there is no sform to use instead; " + FIX_WITH_NIBABEL
     )
     assert check_header(path, _bad_quaternion_image(scode=1), -1e-6) == [
         "the qform quaternion is not a rotation (b²+c²+d² = 1.62 > 1, corrupt qform): using "
@@ -374,7 +375,7 @@ def test_sniff_reports_what_the_bytes_say(tmp_path):
 
 
 def test_one_dimensional_file_passes_the_byte_checks(tmp_path):
-    """dim[0] = 1 is legal NIfTI: the byte checks accept it, the display grid refuses it."""
+    """dim[0] = 1 is legal NIfTI: the byte checks accept it, the loader refuses it."""
     path = fx.write(
         tmp_path / "line.nii",
         fx.raw_nifti(np.arange(10, dtype=np.int16), fx.raw_header(np.arange(10, dtype=np.int16))),
@@ -382,4 +383,4 @@ def test_one_dimensional_file_passes_the_byte_checks(tmp_path):
     assert sniff(path) == Sniffed(False, 1, "<", 352 + 20, (1.0, 0.0))
     with pytest.raises(NiftiError) as info:
         load(path)
-    assert info.value.problem == "spatial shape must be 2D or 3D, got (10,)"
+    assert info.value.problem.startswith("1D data (10,): only 2D, 3D and 4D images")

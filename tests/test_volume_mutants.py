@@ -10,8 +10,10 @@ the code under test.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import warnings
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -97,6 +99,21 @@ def test_2d_file_without_slice_thickness_gives_models_the_affine_length(tmp_path
     assert tuple(float(z) for z in hdr["pixdim"][1:4]) == pytest.approx((0.8, 0.9, 3.0), abs=1e-6)
 
 
+@pytest.mark.parametrize("thickness", [5.0, 500.0])
+def test_2d_file_keeps_its_usable_slice_thickness_for_models(tmp_path, thickness):
+    """pixdim[3] = 5 mm (or 500 mm, the largest possible) on a 2D file is the file's
+    slice thickness: models get it, not the affine's 3rd column length (2 mm here),
+    like every other pixdim of the file."""
+    data = fx.phantom((7, 6), dtype=np.int16)
+    hdr = fx.raw_header(data, np.diag([0.8, 0.9, 2.0, 1.0]), qform_code=0)
+    pixdim = hdr["pixdim"].copy()
+    pixdim[3] = thickness
+    hdr["pixdim"] = pixdim
+    vol = load(fx.write(tmp_path / "slice2d.nii", fx.raw_nifti(data, hdr)))
+    zooms = tuple(float(z) for z in vol.image3d().header["pixdim"][1:4])
+    assert zooms == pytest.approx((0.8, 0.9, thickness), abs=1e-6)
+
+
 # ----------------------------------------------------------------- Labels or Image
 def _many_integers() -> np.ndarray:
     """Integer-valued float data with 210 distinct values: an image, by its values."""
@@ -180,11 +197,23 @@ def test_few_values_ignores_nan_and_infinity():
     assert _few_values(data) is True
 
 
-def test_few_values_trusts_the_quick_sample_on_large_arrays():
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+def test_few_values_trusts_the_quick_sample_on_large_arrays(dtype):
     """8M voxels: the quick sample (every 5th voxel per axis) sees 1000 values the 2M
     sample (every 2nd) misses; the file is an image, never a label map."""
-    data = np.zeros((200, 200, 200), np.uint16)
+    data = np.zeros((200, 200, 200), dtype)
     data[5::10, 5::10, 5::10] = np.arange(1, 20**3 + 1).reshape(20, 20, 20)
+    assert _few_values(data) is False
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_few_values_looks_past_a_quick_sample_that_sees_few(dtype):
+    """100 000 voxels: the quick sample (every 2nd voxel per axis) sees only zeros; the
+    values on odd indices make it an image (float or integer alike), NaN aside."""
+    data = np.zeros((50, 50, 40), dtype)
+    data[1::2, 1::2, 1::2][:4, :5, :5] = np.arange(1, 101).reshape(4, 5, 5)
+    if dtype == np.float32:
+        data[0, 0, 0] = np.nan
     assert _few_values(data) is False
 
 
@@ -307,6 +336,15 @@ def test_a_sibling_nii_is_named_in_full(tmp_path):
         vol = load(gz)
     assert vol.warnings == [expected]
     assert [str(w.message) for w in record] == [f"t2.nii.gz: {expected}"]
+
+
+def test_geometry_warnings_are_shown_at_the_callers_line(tmp_path):
+    """(Apart from the text above: under mutmut a trampoline frame moves the caller.)"""
+    data = fx.phantom()
+    gz = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    fx.write(tmp_path / "t2.nii", fx.raw_nifti(data, fx.raw_header(data)))
+    with pytest.warns(GeometryWarning) as record:
+        load(gz)
     assert record[0].filename == __file__  # shown at the caller's line, not inside load
 
 
@@ -378,6 +416,21 @@ def test_nan_in_a_huge_memory_mapped_file_is_reported_from_a_sample(tmp_path):
     )
 
 
+def test_a_memory_mapped_file_of_exactly_50m_voxels_is_scanned_whole(tmp_path):
+    """The sampling starts above 50M voxels: at exactly 50M the NaN are counted."""
+    path = fx.sparse_large_nii(tmp_path / "edge.nii", shape=(500, 400, 250))
+    with open(path, "r+b") as fh:
+        fh.seek(352)
+        fh.write(np.array([np.nan, np.inf], "<f4").tobytes())
+    with pytest.warns(GeometryWarning):
+        vol = load(path)
+    assert isinstance(vol.data, np.memmap) and vol.data.size == 50_000_000
+    assert vol.warnings[-1] == (
+        "2 voxels are NaN or infinite: contrast is set from finite values; "
+        "models receive them as 0"
+    )
+
+
 def test_a_gz_file_is_read_whole_at_open_time(tmp_path):
     """Corruption of a .nii.gz surfaces at open time: the voxels are in memory once
     load returns, even if the file then disappears."""
@@ -442,3 +495,134 @@ def test_out_of_memory_while_reading_is_refused_with_the_size_and_the_fix(tmp_pa
         f"{path}: not enough memory to read its {420_000 / 2**30:.3g} GiB of voxels "
         "(shape (70, 60, 50)); use a machine with more memory, or crop the image first"
     )
+
+
+# ----------------------------------------------- refusals that name the fix (#7 review)
+def test_a_1d_file_is_refused_with_its_shape_and_the_fix(tmp_path):
+    line = np.arange(10, dtype=np.int16)
+    path = fx.write(tmp_path / "line.nii.gz", fx.raw_nifti(line, fx.raw_header(line)))
+    with pytest.raises(NiftiError, match=r"line\.nii\.gz: 1D data \(10,\): ") as info:
+        load(path)
+    assert info.value.problem == (
+        "1D data (10,): only 2D, 3D and 4D images can be shown and segmented; if it holds an "
+        "image, save it with its spatial dimensions (nibabel: nib.save(nib.Nifti1Image("
+        "data.reshape(nx, ny, nz), affine), new_path))"
+    )
+
+
+def test_a_qform_only_file_with_a_bad_quaternion_is_refused_with_its_norm(tmp_path):
+    """nibabel cannot even build the image (no rotation has b²+c²+d² > 1, and there is
+    no sform): the refusal is the header check's, with the norm found and the fix."""
+    data = fx.phantom()
+    hdr = fx.raw_header(data, sform_code=0)
+    hdr["quatern_b"], hdr["quatern_c"], hdr["quatern_d"] = 0.6, 0.8, 0.5  # 1.25
+    path = fx.write(tmp_path / "qonly.nii", fx.raw_nifti(data, hdr))
+    with pytest.raises(NiftiError, match=r"qonly\.nii: the qform quaternion is not a rotation"):
+        load(path)
+    with pytest.raises(NiftiError) as info:
+        load(path)
+    assert info.value.problem == (
+        "the qform quaternion is not a rotation (b²+c²+d² = 1.25 > 1, corrupt qform) and "
+        "there is no sform to use instead; re-export the image from its source, or repair "
+        "the header with nibabel (img = nib.load(path); img.header...; nib.save(img, new_path))"
+    )
+    # nibabel's class-wide threshold is restored after the second, unchecked read
+    assert nib.Nifti1Header.quaternion_threshold == np.finfo(np.float32).eps * 3
+
+
+# ------------------------------------------------- _read_data: truncated or unreadable
+@pytest.mark.parametrize(
+    "error, problem",
+    [
+        (
+            EOFError("Compressed file ended before the end-of-stream marker was reached"),
+            "file is truncated or corrupt (Compressed file ended before the end-of-stream "
+            "marker was reached)",
+        ),
+        (  # nibabel's words for a short file
+            OSError("Expected 420000 bytes, got 1000 bytes from object"),
+            "file is truncated or corrupt (Expected 420000 bytes, got 1000 bytes from object)",
+        ),
+        (
+            ValueError("end-of-stream marker missing"),
+            "file is truncated or corrupt (end-of-stream marker missing)",
+        ),
+        (
+            zlib.error("Error -3 while decompressing data: invalid block type"),
+            "cannot read the voxel data (error: Error -3 while decompressing data: invalid "
+            "block type)",
+        ),
+        (
+            OSError(5, "Input/output error"),
+            "cannot read the voxel data (OSError: [Errno 5] Input/output error)",
+        ),
+    ],
+)
+def test_unreadable_voxels_are_called_truncated_only_when_they_are(
+    tmp_path, monkeypatch, error, problem
+):
+    """A short stream says "truncated" (copy the file again); any other read error is
+    named with its type (a disk or a decompression fault), never as a traceback."""
+    data = fx.phantom()
+    path = fx.write(tmp_path / "t2.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+
+    def failing(p, dataobj):
+        raise error
+
+    monkeypatch.setattr("napari_spineseg.io.volume._read_gzip_array", failing)
+    with pytest.raises(NiftiError, match=r"t2\.nii\.gz: ") as info:
+        load(path)
+    assert info.value.problem == problem
+
+
+def test_a_loaded_volume_knows_its_file(tmp_path):
+    """The path names the volume, its saves and its autosaves (by the file's hash)."""
+    data = fx.phantom()
+    path = fx.write(tmp_path / "sub-01_T2w.nii.gz", fx.raw_nifti(data, fx.raw_header(data)))
+    vol = load(path)
+    assert vol.path == path and vol.name == "sub-01_T2w"
+    assert vol.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_structured_rgb_data_in_memory_is_refused_in_full():
+    """RGB files are refused by their datatype before reading; an RGB image built in
+    memory is refused when its voxels are asked for."""
+    rgb = np.zeros((4, 4, 3), dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    vol = from_nifti(nib.Nifti1Image(rgb, np.eye(4)))
+    with pytest.raises(NiftiError, match="structured") as info:
+        vol.data  # noqa: B018
+    assert info.value.problem == "structured (RGB) data is not a scalar MRI volume"
+
+
+# ------------------------------------------------------------ gzip read in chunks
+def test_a_gz_file_larger_than_one_read_chunk_loads_whole(tmp_path):
+    """4.4 MB of voxels: more than one 4 MiB chunk of decompression."""
+    data = np.zeros((110, 100, 100), np.float32)
+    data[::7] = 1.5
+    data[-1, -1, -1] = 2.5
+    path = tmp_path / "big.nii.gz"
+    path.write_bytes(gzip.compress(fx.raw_nifti(data, fx.raw_header(data)), 1))
+    np.testing.assert_array_equal(load(path).data, data)
+
+
+def test_a_gz_stream_that_ends_early_is_refused_with_the_counts(tmp_path):
+    """A complete gzip stream holding fewer voxel bytes than the header says."""
+    data = fx.phantom()  # 420 bytes of voxels after a 352-byte header
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(fx.raw_nifti(data, fx.raw_header(data))[:600]))
+    with pytest.raises(NiftiError, match=r"short\.nii\.gz: file is truncated") as info:
+        load(path)
+    assert info.value.problem == (
+        "file is truncated or corrupt (Expected 420 bytes of voxel data, got 248)"
+    )
+
+
+def test_bytes_after_the_gzip_stream_are_ignored_as_gunzip_does(tmp_path):
+    """Some tools append bytes to a .nii.gz; gunzip reads the stream and ignores
+    them. (Large voxels, so that nibabel's own header read stops before them.)"""
+    data = np.random.default_rng(0).integers(0, 30000, (40, 40, 40)).astype(np.int16)
+    path = tmp_path / "tail.nii.gz"
+    path.write_bytes(gzip.compress(fx.raw_nifti(data, fx.raw_header(data))) + b"garbage!")
+    vol = load(path)
+    np.testing.assert_array_equal(vol.data, data)
+    assert vol.warnings == []

@@ -267,8 +267,7 @@ def _inplane_crop(occupied: np.ndarray) -> tuple[slice, slice, slice]:
     """All slices, in-plane bounding box of ``occupied`` padded by one voxel.
 
     Per-slice areas and components do not depend on the empty surroundings; cropping to
-    the cord's box makes the table about 20x cheaper on a 320x320 in-plane grid. The box
-    holds the labels and every voxel the model gave ``p > 0.5`` (the confidence's region).
+    the cord's box makes the table about 20x cheaper on a 320x320 in-plane grid.
     """
     out = [slice(None)]
     for axis in (1, 2):
@@ -391,9 +390,8 @@ def slice_table(
     occupied = labels != 0
     if cord_reference is not None:
         occupied |= cord_reference
-    for v, name in classes.items():  # where the model sees a class counts for confidence
-        p = probabilities.get(name, probabilities.get(v))
-        if p is not None and np.shape(p) == labels.shape:
+    for p in probabilities.values():  # the model's own voxels count for its confidence
+        if np.shape(p) == labels.shape:  # (a map of the wrong shape is refused below)
             occupied |= np.asarray(p) > 0.5
     crop = _inplane_crop(occupied)
     full_shape = labels.shape

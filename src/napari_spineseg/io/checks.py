@@ -328,7 +328,8 @@ def check_header(path: Path, img, quaternion_threshold: float) -> list[str]:
     scode = int(hdr["sform_code"])
     if qform_is_invalid(hdr, quaternion_threshold):
         if scode <= 0:
-            raise NiftiError(path, _bad_quaternion(hdr) + " and there is no sform to use instead")
+            no_sform = " and there is no sform to use instead; "
+            raise NiftiError(path, _bad_quaternion(hdr) + no_sform + FIX_WITH_NIBABEL)
         out.append(
             _bad_quaternion(hdr) + ": using the sform, as FSL and nibabel do; ITK-based tools "
             "(ITK-SNAP, Slicer, ANTs) may refuse this file or place it differently"

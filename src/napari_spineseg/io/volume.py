@@ -196,11 +196,7 @@ def load(path: str | os.PathLike) -> Volume:
         img = read_nifti(p, mmap="c" if not sniffed.compressed else False)
     except Exception as exc:  # nibabel raises many types for broken files
         if "w2 should be positive" in str(exc):  # qform-only, quaternion not a rotation
-            raise NiftiError(
-                p,
-                "the qform quaternion is not a rotation (b²+c²+d² > 1, corrupt qform) and "
-                f"there is no sform to use instead; {checks.FIX_WITH_NIBABEL}",
-            ) from None
+            _refuse_bad_quaternion(p)
         raise NiftiError(p, f"cannot be read as NIfTI ({type(exc).__name__}: {exc})") from None
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise NiftiError(p, f"not a NIfTI image ({type(img).__name__})")
@@ -211,6 +207,13 @@ def load(path: str | os.PathLike) -> Volume:
             p,
             f"{len(shape)}D data {shape} (a vector or warping field?): only 2D, 3D and 4D "
             "images can be shown and segmented",
+        )
+    if len(shape) < 2:
+        raise NiftiError(
+            p,
+            f"1D data {shape}: only 2D, 3D and 4D images can be shown and segmented; if it "
+            "holds an image, save it with its spatial dimensions (nibabel: nib.save("
+            "nib.Nifti1Image(data.reshape(nx, ny, nz), affine), new_path))",
         )
     if len(shape) == 4 and shape[3] == 1:
         log.info("%s: 4D with a single volume, treated as 3D", p)
@@ -260,15 +263,27 @@ _RELAXED_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _relaxed_quaternions() -> Iterator[None]:
+def _relaxed_quaternions(threshold: float = QUATERNION_THRESHOLD) -> Iterator[None]:
     """nibabel computes the affine *inside* ``nib.load``, with its strict class threshold."""
     with _RELAXED_LOCK:
         old = nib.Nifti1Header.quaternion_threshold
-        nib.Nifti1Header.quaternion_threshold = QUATERNION_THRESHOLD
+        nib.Nifti1Header.quaternion_threshold = threshold
         try:
             yield
         finally:
             nib.Nifti1Header.quaternion_threshold = old
+
+
+def _refuse_bad_quaternion(path: Path) -> None:
+    """Refuse a qform-only file whose quaternion nibabel cannot turn into a rotation.
+
+    The refusal is :func:`checks.check_header`'s (it gives the quaternion's norm): the
+    header is read once more with nibabel's quaternion check off, only to be checked.
+    Should the check pass, the caller reports nibabel's own error.
+    """
+    with _relaxed_quaternions(threshold=-np.inf):
+        img = nib.load(str(path), mmap=False)
+    checks.check_header(path, img, QUATERNION_THRESHOLD)  # raises: qform-only, not a rotation
 
 
 def read_nifti(path: str | os.PathLike, mmap: bool | str = False):
