@@ -15,8 +15,10 @@ more, then reported failed, as on the local cluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +38,12 @@ DEFAULT_SLURM_JOBS = 10
 # holding an nnU-Net model, one image and its prediction, with room to spare.
 DEFAULT_SLURM_MEMORY = "8GB"
 JOB_NAME = "spineseg"
+# How long the batch waits for all its jobs to start before it begins with the workers it
+# has (the others take images as they arrive): on a busy cluster jobs may wait for hours.
+START_WAIT_SECONDS = 60.0
+# How often the jobs are checked: one whose worker was lost (scancel, walltime, a node
+# failure) is replaced by a new job, dask's lost-worker-timeout (15 s) after the loss.
+REPLACE_EVERY_SECONDS = 5.0
 
 
 class ClusterError(SpinesegError):
@@ -227,14 +235,76 @@ def submit_jobs(cluster, jobs: int) -> list[str]:
     return [str(job.job_id) for job in cluster.workers.values()]
 
 
+def replace_lost_jobs(cluster, log: TextIO | None = None) -> None:
+    """Keep the cluster at its number of jobs while the batch runs: a job whose worker
+    was lost (scancel, walltime, node failure) is replaced by a new one, said on ``log``.
+
+    dask-jobqueue does not do it by itself (only its adaptive mode resubmits, and that
+    mode also cancels idle jobs): without this, a batch whose jobs all ended would wait
+    forever for workers. The image the lost worker was running is the scheduler's
+    business (run once more, then reported failed); this only brings back the worker.
+    Stops when the cluster closes. A job that never started a worker is not replaced
+    (it is still queued, or its script fails: its log says why).
+    """
+    from tornado.ioloop import PeriodicCallback
+
+    known = {name: job.job_id for name, job in cluster.workers.items()}
+
+    async def replace() -> None:
+        # dask-jobqueue forgets a lost worker's job lost-worker-timeout after the loss;
+        # _correct_state then submits a job for each name of the spec without one
+        lost = {name: known[name] for name in set(known) - set(cluster.workers)}
+        if not lost:
+            return
+        try:
+            await cluster._correct_state()
+        except RuntimeError as exc:  # sbatch refused: said, and tried again next time
+            if log is not None:
+                log.write(f"SLURM: could not replace job(s) {', '.join(lost.values())}: {exc}\n")
+            return
+        for name, old in lost.items():
+            job = cluster.workers.get(name)
+            if job is not None and job.job_id:
+                known[name] = job.job_id
+                if log is not None:
+                    log.write(
+                        f"SLURM: job {old} ended while the batch ran; submitted job "
+                        f"{job.job_id} in its place\n"
+                    )
+                    log.flush()
+
+    def install() -> None:  # a PeriodicCallback starts on the loop it runs on
+        every = PeriodicCallback(replace, REPLACE_EVERY_SECONDS * 1000)
+        cluster.periodic_callbacks["spineseg-replace-lost-jobs"] = every  # stopped on close
+        every.start()
+
+    cluster.loop.add_callback(install)
+
+
+def wait_for_jobs(client: Client, jobs: int, timeout: float = START_WAIT_SECONDS) -> int:
+    """Wait until the workers of all ``jobs`` jobs are connected, at most ``timeout``
+    seconds; how many are. The batch hands out one image per worker at a time, so the
+    workers present when it starts take the first images, and later ones join as images
+    finish."""
+    # distributed's WorkerStartTimeoutError (a TimeoutError): some jobs still queued
+    with contextlib.suppress(TimeoutError):
+        client.wait_for_workers(jobs, timeout=timeout)
+    return len(client.nthreads())
+
+
 @contextmanager
 def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterator[Client]:
     """A ``distributed.Client`` on SLURM jobs for ``resources``; the jobs are cancelled
-    and the scheduler stopped on leaving, even on an error or Ctrl-C."""
+    and the scheduler stopped on leaving, even on an error or Ctrl-C.
+
+    Returned when the jobs' workers are connected (at most :data:`START_WAIT_SECONDS`);
+    a job that ends while the block runs is replaced (:func:`replace_lost_jobs`).
+    """
     from distributed import Client
 
     cluster = slurm_cluster(resources)
     try:
+        t0 = time.monotonic()
         ids = submit_jobs(cluster, resources.jobs)
         if log is not None:
             log.write(
@@ -244,6 +314,16 @@ def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterat
             )
             log.flush()
         with Client(cluster) as client:
+            running = wait_for_jobs(client, len(ids))
+            if log is not None:
+                log.write(
+                    f"SLURM: {running} of {len(ids)} worker(s) connected after "
+                    f"{time.monotonic() - t0:.1f} s"
+                    + ("" if running == len(ids) else "; the others join when their jobs start")
+                    + "\n"
+                )
+                log.flush()
+            replace_lost_jobs(cluster, log)
             yield client
     finally:
         cluster.close()
