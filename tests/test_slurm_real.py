@@ -1,0 +1,360 @@
+"""`spineseg batch --cluster slurm` under a real SLURM controller (opt-in).
+
+tests/test_cohort_slurm.py runs dask-jobqueue's job scripts through a fake ``sbatch``;
+here ``sbatch``, ``squeue`` and ``scancel`` are SLURM's own, so the jobs are queued,
+started, signalled and killed by slurmctld/slurmd. Skipped unless
+``SPINESEG_TEST_SLURM=1`` is set and ``sinfo`` answers; nothing runs in CI. On one
+machine, as root: ``scripts/slurm-localhost.sh up``, then
+
+    SPINESEG_TEST_SLURM=1 pytest -p no:randomly tests/test_slurm_real.py -v -s
+
+The jobs run on this machine's node (scheduler and workers on 127.0.0.1, set
+``SPINESEG_TEST_SLURM_INTERFACE`` for another interface): on a multi-node cluster the
+temporary folders would have to be on a filesystem the nodes share. Each job asks for 1
+CPU and 2 GB. The study is 4 phantom images segmented with the shipped demo model.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+
+def _slurm_answers() -> bool:
+    if os.environ.get("SPINESEG_TEST_SLURM") != "1" or shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo"], capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not _slurm_answers(),
+        reason="needs a SLURM controller (sinfo) and SPINESEG_TEST_SLURM=1 "
+        "(scripts/slurm-localhost.sh up)",
+    ),
+]
+
+pytest.importorskip("dask_jobqueue", reason="the slurm extra is not installed")
+from napari_spineseg import cli  # noqa: E402
+from napari_spineseg.study import bids  # noqa: E402
+from test_cohort_bids import MODEL, make_bids  # noqa: E402
+
+INTERFACE = os.environ.get("SPINESEG_TEST_SLURM_INTERFACE", "lo")
+# A dask worker preload (in every worker the jobs start, restarted ones included): the
+# worker running HELD_IMAGE writes "<pid> <SLURM job id>" to HELD_LOG and holds it
+# HELD_SECONDS before segmenting it, so that it can be killed in the middle of that image;
+# the other images take OTHER_SECONDS more, so that some are still to do when it dies.
+HOOK = """
+import os, time
+from pathlib import Path
+import napari_spineseg.api as api
+
+_segment = api.__dict__.setdefault("_segment_unpatched", api.segment)
+
+
+def _held(path, *args, **kwargs):
+    if Path(path).name == os.environ["HELD_IMAGE"]:
+        with open(os.environ["HELD_LOG"], "a") as log:
+            log.write(f"{os.getpid()} {os.environ.get('SLURM_JOB_ID')}\\n")
+        time.sleep(float(os.environ["HELD_SECONDS"]))
+    else:
+        time.sleep(float(os.environ["OTHER_SECONDS"]))
+    return _segment(path, *args, **kwargs)
+
+
+api.segment = _held
+"""
+
+
+def _batch_command(root: Path, deriv: Path, logs: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "napari_spineseg.cli",
+        "batch",
+        "--model",
+        MODEL,
+        "--trust",
+        "-i",
+        str(root),
+        "-o",
+        str(deriv),
+        "--cluster=slurm",
+        "--workers=2",
+        "--threads=1",
+        "--slurm-memory=2GB",
+        "--slurm-walltime=00:10:00",
+        f"--slurm-interface={INTERFACE}",
+        f"--slurm-log-dir={logs}",
+    ]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    # sbatch passes this environment to the jobs: their workers import this source
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        "SPINESEG_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def _squeue() -> dict[str, str]:
+    """{job id: state} of this user's spineseg jobs."""
+    listed = subprocess.run(
+        ["squeue", "-h", "-u", str(os.getuid()), "-n", "spineseg", "-o", "%i %T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(line.split() for line in listed.stdout.splitlines())
+
+
+def _job_ids(stderr: str) -> list[str]:
+    """The jobs the batch said it submitted (at the start, and in place of lost ones)."""
+    ids = []
+    for line in stderr.splitlines():
+        if line.startswith("SLURM: submitted ") and " job(s) " in line:
+            listed = line.split(" job(s) ", 1)[1].split(" (", 1)[0]
+            ids += [i.strip() for i in listed.split(",")]
+        elif "; submitted job " in line:
+            ids.append(line.split("; submitted job ", 1)[1].split()[0])
+    return ids
+
+
+class Batch:
+    """``spineseg batch --cluster slurm`` in a child process, watched from here."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], out: Path):
+        self.out = out
+        self.stdout = out.with_suffix(".stdout").open("w+")
+        self.stderr = out.with_suffix(".stderr").open("w+")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.stdout, stderr=self.stderr)
+        self.seen: dict[str, set[str]] = {}  # job id: states squeue showed
+        self.job_ids: list[str] = []
+
+    def poll_squeue(self) -> None:
+        for job, state in _squeue().items():
+            self.seen.setdefault(job, set()).add(state)
+
+    def wait(self, timeout: float = 300) -> tuple[int, str, str, float]:
+        """exit code, stdout, stderr, seconds; squeue watched until the end."""
+        try:
+            while self.proc.poll() is None:
+                if time.monotonic() - self.t0 > timeout:
+                    pytest.fail(f"the batch ran more than {timeout} s")
+                self.poll_squeue()
+                time.sleep(0.25)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGINT)  # Ctrl-C: it cancels its jobs
+                self.proc.wait(60)
+            self.job_ids = _job_ids(Path(self.stderr.name).read_text())
+            _SUBMITTED.extend(self.job_ids)
+        seconds = time.monotonic() - self.t0
+        self.stdout.seek(0)
+        self.stderr.seek(0)
+        return self.proc.returncode, self.stdout.read(), self.stderr.read(), seconds
+
+
+_SUBMITTED: list[str] = []  # every job id a batch of these tests said it submitted
+
+
+@pytest.fixture(autouse=True)
+def _cancel_leftover_jobs():
+    """After each test, cancel what a failing test may have left running (SLURM ignores
+    finished ids). The tests check first that the batch itself left none."""
+    yield
+    if _SUBMITTED:
+        subprocess.run(["scancel", *_SUBMITTED], capture_output=True)
+        _SUBMITTED.clear()
+
+
+def _no_job_left(ids: list[str], wait: float = 30.0) -> bool:
+    deadline = time.monotonic() + wait
+    while set(ids) & set(_squeue()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
+def _nifti_bytes(path: Path) -> bytes:
+    """Header and voxels of a .nii.gz (the gzip wrapper's own time stamp left out)."""
+    return gzip.decompress(path.read_bytes())
+
+
+def _outputs(deriv: Path) -> dict[str, bytes]:
+    """Every file of a derivatives folder, .nii.gz decompressed."""
+    return {
+        p.relative_to(deriv).as_posix(): _nifti_bytes(p)
+        if p.name.endswith(".gz")
+        else p.read_bytes()
+        for p in sorted(deriv.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _report(capsys, text: str) -> None:
+    """Show a measurement with ``-s`` (kept out of the captured output the test reads)."""
+    with capsys.disabled():
+        print(text)
+
+
+def _status(deriv: Path, capsys) -> str:
+    assert cli.main(["batch", "--status", str(deriv)]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_bids_study_runs_as_slurm_jobs_and_matches_an_in_process_run(tmp_path, capsys):
+    import distributed
+
+    from napari_spineseg.study.commands import segment_bids
+
+    root, deriv = tmp_path / "ds", tmp_path / "deriv"
+    images = make_bids(root, subjects=2)  # 4 images: sub-0{0,1}/ses-0{1,2}
+    cmd = _batch_command(root, deriv, tmp_path / "slurm-logs")
+    run = Batch(cmd, _env(), tmp_path / "run")
+    rc, out, err, seconds = run.wait()
+
+    assert rc == 0, err
+    assert "4 segmented, 0 failed, 0 skipped" in out
+    ids = _job_ids(err)
+    assert len(ids) == 2, err
+    assert "SLURM: 2 of 2 worker(s) connected after " in err
+    assert "[0/4] dask dashboard: http://" in err
+    assert sum(f"[{n}/4] " in err for n in range(1, 5)) == 4  # one progress line per image
+    _report(capsys, f"\nreal SLURM, 4 images on 2 jobs of 1 CPU: {seconds:.1f} s\n{err}")
+    assert [r.state for r in bids.status(deriv)] == ["done"] * 4
+    status = _status(deriv, capsys).splitlines()
+    assert [line.split()[:2] for line in status[1:5]] == [
+        [image.relative_to(root).as_posix(), "done"] for image in images
+    ]
+    assert status[-1] == "4 done of 4"
+    # the jobs were in SLURM's queue, running, while the batch ran; none is left after it
+    assert all("RUNNING" in run.seen.get(job, ()) for job in ids), run.seen
+    assert _no_job_left(ids), "a job was left running after the batch"
+
+    # the same study in this process: the same files, to the byte (header and voxels)
+    reference = tmp_path / "deriv-in-process"
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        segment_bids(root, None, model=MODEL, trust=True, deriv=reference, client=client)
+    slurm_files, local_files = _outputs(deriv), _outputs(reference)
+    assert sorted(slurm_files) == sorted(local_files)
+    assert sum(name.endswith(".nii.gz") for name in slurm_files) == 8  # cord + CSF each
+    for name, data in slurm_files.items():
+        assert data == local_files[name], name
+
+    # a re-run finds the study done and submits nothing
+    rc, out, err, _ = Batch(cmd, _env(), tmp_path / "rerun").wait()
+    assert rc == 0 and "0 segmented, 0 failed, 4 skipped" in out
+    assert "SLURM: submitted" not in err
+
+
+@pytest.mark.parametrize("kills", [1, 2], ids=["once", "twice"])
+@pytest.mark.parametrize("how", ["scancel", "kill-9"])
+def test_a_job_killed_mid_image_retries_it_once_and_loses_nothing_else(
+    tmp_path, capsys, how, kills
+):
+    """``scancel`` of the job running an image (SIGTERM, then SIGKILL after KillWait; the
+    job is gone and is replaced), or ``kill -9`` of its worker process (the job's nanny
+    starts a new worker): killed once, the image is run again and done; killed on its
+    retry too, it is reported failed, every other image is done, and a re-run does
+    only that image."""
+    root, deriv = tmp_path / "ds", tmp_path / "deriv"
+    images = make_bids(root, subjects=2)
+    held, log = images[0], tmp_path / "held.log"
+    log.write_text("")
+    hook = tmp_path / "hold_one_image.py"
+    hook.write_text(HOOK)
+    env = _env(
+        DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{hook}"]',
+        HELD_IMAGE=held.name,
+        HELD_LOG=str(log),
+        HELD_SECONDS="20",
+        OTHER_SECONDS="3",
+    )
+    cmd = _batch_command(root, deriv, tmp_path / "slurm-logs")
+    batch = Batch(cmd, env, tmp_path / "run")
+    killed: list[tuple[str, str, float]] = []  # (pid, job, seconds after the start of that try)
+    while batch.proc.poll() is None and time.monotonic() - batch.t0 < 300:
+        batch.poll_squeue()
+        tries = log.read_text().splitlines()
+        if len(tries) > len(killed) and len(killed) < kills:
+            pid, job = tries[len(killed)].split()
+            time.sleep(2)  # in the middle of the image
+            if how == "scancel":
+                subprocess.run(["scancel", job], check=True)
+            else:
+                os.kill(int(pid), signal.SIGKILL)
+            killed.append((pid, job, time.monotonic() - batch.t0))
+        time.sleep(0.1)
+    rc, out, err, seconds = batch.wait()
+    tries = log.read_text().splitlines()
+    _report(capsys, f"\n{how} x{kills}: {seconds:.1f} s, tries {tries}, killed {killed}\n{err}")
+
+    assert len(killed) == kills, err
+    rel = held.relative_to(root).as_posix()
+    others = [i.relative_to(root).as_posix() for i in images[1:]]
+    assert "[0/4] dask dashboard: http://" in err
+    assert sum(f"[{n}/4] " in err for n in range(1, 5)) == 4
+    if how == "scancel":
+        # each cancelled job is a different job (the image's retry runs on another one)
+        assert len({job for _, job, _ in killed}) == kills
+    if kills == 1:
+        assert rc == 0, err
+        assert len(tries) == 2  # the killed try, then the one that finished it
+        assert "4 segmented, 0 failed, 0 skipped" in out
+        assert [r.state for r in bids.status(deriv)] == ["done"] * 4
+    else:
+        assert rc == 1, err
+        assert len(tries) == 2  # run once more, then given up: never a third time
+        assert f"FAILED  {rel}: the worker process running it died twice" in out
+        assert "3 segmented, 1 failed, 0 skipped" in out
+        rows = {r.image: r for r in bids.status(deriv)}
+        assert rows[rel].state == "failed" and "died twice" in rows[rel].detail
+        assert [rows[o].state for o in others] == ["done"] * 3
+        status = _status(deriv, capsys)
+        assert f"{rel}  failed     the worker process running it died twice" in status
+        assert status.splitlines()[-1] == "3 done, 1 failed of 4"
+        if how == "scancel":  # both jobs were cancelled: the batch replaced them
+            assert err.count(" ended while the batch ran; submitted job ") == 2, err
+        # no debris of the killed tries: only the 3 other images' masks
+        assert sorted(p.name for p in deriv.rglob("*.nii.gz")) == sorted(
+            f"{Path(o).name[: -len('.nii.gz')]}{s}.nii.gz"
+            for o in others
+            for s in ("_cord_seg", "_csf_seg")
+        )
+        assert not list(deriv.rglob("*spineseg-tmp*")) and not list(deriv.rglob("*.tmp"))
+
+        assert _no_job_left(batch.job_ids), "a job was left running after the batch"
+
+        # resumable: a re-run (nothing killed now) does the failed image only
+        done_before = {p: p.stat().st_mtime_ns for p in deriv.rglob("*.nii.gz")}
+        batch = Batch(cmd, _env(), tmp_path / "rerun")
+        rc, out, err, _ = batch.wait()
+        assert rc == 0, err
+        assert "1 segmented, 0 failed, 3 skipped" in out
+        assert "SLURM: submitted 1 job(s)" in err  # one job for one image
+        assert {p: p.stat().st_mtime_ns for p in done_before} == done_before
+        assert [r.state for r in bids.status(deriv)] == ["done"] * 4
+    assert _no_job_left(batch.job_ids), "a job was left running after the batch"
