@@ -37,14 +37,11 @@ def _slurm_answers() -> bool:
         return False
 
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not _slurm_answers(),
-        reason="needs a SLURM controller (sinfo) and SPINESEG_TEST_SLURM=1 "
-        "(scripts/slurm-localhost.sh up)",
-    ),
-]
+needs_slurm = pytest.mark.skipif(
+    not _slurm_answers(),
+    reason="needs a SLURM controller (sinfo) and SPINESEG_TEST_SLURM=1 "
+    "(scripts/slurm-localhost.sh up)",
+)
 
 pytest.importorskip("dask_jobqueue", reason="the slurm extra is not installed")
 from napari_spineseg import cli  # noqa: E402
@@ -220,6 +217,8 @@ def _status(deriv: Path, capsys) -> str:
     return capsys.readouterr().out
 
 
+@needs_slurm
+@pytest.mark.slow
 def test_a_bids_study_runs_as_slurm_jobs_and_matches_an_in_process_run(tmp_path, capsys):
     import distributed
 
@@ -270,6 +269,8 @@ def test_a_bids_study_runs_as_slurm_jobs_and_matches_an_in_process_run(tmp_path,
     assert "SLURM: submitted" not in err
 
 
+@needs_slurm
+@pytest.mark.slow
 @pytest.mark.parametrize("kills", [1, 2], ids=["once", "twice"])
 @pytest.mark.parametrize("how", ["scancel", "kill-9"])
 def test_a_job_killed_mid_image_retries_it_once_and_loses_nothing_else(
@@ -358,3 +359,61 @@ def test_a_job_killed_mid_image_retries_it_once_and_loses_nothing_else(
         assert {p: p.stat().st_mtime_ns for p in done_before} == done_before
         assert [r.state for r in bids.status(deriv)] == ["done"] * 4
     assert _no_job_left(batch.job_ids), "a job was left running after the batch"
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_jobs_and_the_study_resumes(tmp_path):
+    root, deriv = tmp_path / "ds", tmp_path / "deriv"
+    images = make_bids(root, subjects=2)
+    hook = tmp_path / "hold_one_image.py"
+    hook.write_text(HOOK)
+    env = _env(
+        DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{hook}"]',
+        HELD_IMAGE="none",
+        HELD_LOG=os.devnull,
+        HELD_SECONDS="0",
+        OTHER_SECONDS="4",
+    )
+    cmd = _batch_command(root, deriv, tmp_path / "slurm-logs")
+    batch = Batch(cmd, env, tmp_path / "run")
+    stderr = Path(batch.stderr.name)
+    while "[1/4] " not in stderr.read_text() and time.monotonic() - batch.t0 < 120:
+        batch.poll_squeue()
+        time.sleep(0.1)
+    batch.proc.send_signal(signal.SIGINT)  # Ctrl-C in the terminal
+    rc, out, err, _ = batch.wait()
+    assert rc == 130, err  # not 0: a script's next step must not run on half a study
+    assert "spineseg: cancelled; masks of files that had finished are kept" in err
+    assert _no_job_left(batch.job_ids, wait=5), "the jobs outlived the Ctrl-C"
+    states = [r.state for r in bids.status(deriv)]
+    assert states.count("done") >= 1 and "pending" in states and "failed" not in states
+    n_done = states.count("done")
+    batch = Batch(cmd, _env(), tmp_path / "rerun")
+    rc, out, err, _ = batch.wait()
+    assert rc == 0, err
+    assert f"{4 - n_done} segmented, 0 failed, {n_done} skipped" in out
+    assert [r.state for r in bids.status(deriv)] == ["done"] * len(images)
+
+
+def test_ctrl_c_stays_a_keyboard_interrupt_after_dask_jobqueue_is_imported(tmp_path):
+    """dask_jobqueue's import makes SIGINT call sys.exit() (exit 0, no KeyboardInterrupt);
+    the SLURM cluster puts Python's handler back. In a fresh process, where dask_jobqueue
+    is imported for the first time; no SLURM needed (it stops at the missing sbatch)."""
+    code = """
+import os, signal, sys, time
+from napari_spineseg.study.clusters import ClusterError, SlurmResources, slurm_cluster
+try:
+    slurm_cluster(SlurmResources(jobs=1))
+except ClusterError as exc:
+    assert "sbatch command is not found" in str(exc), exc
+try:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+except KeyboardInterrupt:
+    sys.exit(42)
+sys.exit(3)
+"""
+    env = {**_env(), "PATH": str(tmp_path)}  # no sbatch there
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 42, done.stderr.decode()

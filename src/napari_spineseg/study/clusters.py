@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -175,6 +176,21 @@ class SlurmResources:
         return kwargs
 
 
+def keep_ctrl_c() -> None:
+    """Give Ctrl-C back to Python after importing dask-jobqueue.
+
+    Importing ``dask_jobqueue`` (its ``runner`` module) replaces this process's SIGINT
+    handler with ``sys.exit()``: Ctrl-C then ended ``spineseg batch --cluster slurm``
+    with exit code 0 and no word, as if the study were done (a script's next step would
+    run). With Python's handler back, Ctrl-C raises KeyboardInterrupt: the jobs are
+    cancelled, the command says it was cancelled and exits with 130, as a local batch.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if getattr(handler, "__module__", None) == "dask_jobqueue.runner":
+        with contextlib.suppress(ValueError):  # not the main thread: not its to change
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def slurm_cluster(resources: SlurmResources):
     """A ``dask_jobqueue.SLURMCluster`` for ``resources``, its scheduler started here, no
     job submitted yet (:func:`submit_jobs`). Raises :class:`ClusterError` when
@@ -190,6 +206,7 @@ def slurm_cluster(resources: SlurmResources):
             "--cluster slurm needs dask-jobqueue, which is not installed; install it with: "
             f"{SLURM_INSTALL_HINT}"
         ) from exc
+    keep_ctrl_c()
     if shutil.which("sbatch") is None:
         raise ClusterError(
             "--cluster slurm: the sbatch command is not found on PATH; run spineseg batch "
