@@ -8,8 +8,11 @@ loaded between files, exactly as a local worker does (:mod:`napari_spineseg.batc
 jobs are cancelled (``scancel``) when the batch ends, however it ends. Resources not
 given on the command line come from dask-jobqueue's configuration
 (``~/.config/dask/jobqueue.yaml``, section ``jobqueue.slurm``), then from the defaults
-here. A file whose worker dies (killed at the job's memory or walltime limit) is run once
-more, then reported failed, as on the local cluster.
+here. A file whose worker dies (killed at the job's memory or walltime limit, or
+``scancel``) is run once more, then reported failed, as on the local cluster; the job
+itself is replaced (:func:`replace_lost_jobs`), so the batch never runs out of workers.
+Ctrl-C cancels the jobs and exits 130 (:func:`keep_ctrl_c`). Tried under a real
+slurmctld: ``tests/test_slurm_real.py`` and ``scripts/slurm-localhost.sh`` (docs/batch.md).
 """
 
 from __future__ import annotations
