@@ -3,7 +3,9 @@
 tests/test_cohort_slurm.py runs dask-jobqueue's job scripts through a fake ``sbatch``;
 here ``sbatch``, ``squeue`` and ``scancel`` are SLURM's own, so the jobs are queued,
 started, signalled and killed by slurmctld/slurmd. Skipped unless
-``SPINESEG_TEST_SLURM=1`` is set and ``sinfo`` answers; nothing runs in CI. On one
+``SPINESEG_TEST_SLURM=1`` is set and ``sinfo`` answers. Two tests at the end need no
+SLURM and run in CI: the Ctrl-C check (a few seconds) and the same job death on the fake
+``sbatch`` of test_cohort_slurm.py (about 20 s). On one
 machine, as root: ``scripts/slurm-localhost.sh up``, then
 
     SPINESEG_TEST_SLURM=1 pytest -p no:randomly tests/test_slurm_real.py -v -s
@@ -47,6 +49,7 @@ pytest.importorskip("dask_jobqueue", reason="the slurm extra is not installed")
 from napari_spineseg import cli  # noqa: E402
 from napari_spineseg.study import bids  # noqa: E402
 from test_cohort_bids import MODEL, make_bids  # noqa: E402
+from test_cohort_slurm import _running_jobs, fake_slurm  # noqa: E402, F401 (a fixture)
 
 INTERFACE = os.environ.get("SPINESEG_TEST_SLURM_INTERFACE", "lo")
 # A dask worker preload (in every worker the jobs start, restarted ones included): the
@@ -417,3 +420,78 @@ sys.exit(3)
     env = {**_env(), "PATH": str(tmp_path)}  # no sbatch there
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
     assert done.returncode == 42, done.stderr.decode()
+
+
+# ------------------------------------------------- the same kill on the fake SLURM (CI)
+
+# A worker preload. Each image first writes how many images its worker holds (running or
+# queued on it) to HELD_LOG, then takes a second; the job whose worker runs DIE_ON_IMAGE
+# then kills itself whole (its process group: the job script, the nanny, the worker), as
+# scancel, or SLURM at a job's memory or time limit, would.
+JOB_DIES = """
+import os, signal, time
+from pathlib import Path
+from distributed import get_worker
+import napari_spineseg.api as api
+
+_segment = api.__dict__.setdefault("_segment_unpatched", api.segment)
+HELD = ("waiting", "ready", "constrained", "executing")
+
+
+def _die_on(path, *args, **kwargs):
+    tasks = get_worker().state.tasks.values()
+    with open(os.environ["HELD_LOG"], "a") as log:
+        log.write(f"{sum(ts.state in HELD for ts in tasks)}\\n")
+    time.sleep(1)
+    if Path(path).name == os.environ["DIE_ON_IMAGE"]:
+        with open(os.environ["DIE_LOG"], "a") as log:
+            log.write(os.environ["SLURM_JOB_ID"] + "\\n")
+        os.killpg(0, signal.SIGKILL)
+    return _segment(path, *args, **kwargs)
+
+
+api.segment = _die_on
+"""
+
+
+@pytest.mark.slow
+def test_on_fake_slurm_a_job_dying_twice_costs_only_its_image(
+    tmp_path,
+    fake_slurm,  # noqa: F811 (the fixture imported above)
+    monkeypatch,
+):
+    """CI's version of the kills above, with test_cohort_slurm's fake sbatch: the image's
+    job dies on its first try and on its retry. Only that image fails; the images still
+    to do wait for the jobs that replace the dead ones, instead of failing with it or
+    waiting forever."""
+    root, deriv = tmp_path / "ds", tmp_path / "deriv"
+    images = make_bids(root, subjects=2)
+    hook, log = tmp_path / "job_dies.py", tmp_path / "deaths.log"
+    hook.write_text(JOB_DIES)
+    log.write_text("")
+    monkeypatch.setenv("DASK_DISTRIBUTED__WORKER__PRELOAD", f'["{hook}"]')
+    monkeypatch.setenv("DIE_ON_IMAGE", images[0].name)
+    monkeypatch.setenv("DIE_LOG", str(log))
+    held = tmp_path / "held.log"
+    monkeypatch.setenv("HELD_LOG", str(held))
+    # the batch's scheduler forgets a lost job after 1 s instead of 15: replaced sooner
+    monkeypatch.setenv("DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT", "1s")
+    cmd = [sys.executable, "-m", "napari_spineseg.cli", "batch", "--model", MODEL, "--trust"]
+    cmd += ["-i", str(root), "-o", str(deriv), "--cluster=slurm", "--workers=2"]
+    cmd += ["--slurm-interface=lo"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+    assert done.returncode == 1, done.stderr
+    deaths = log.read_text().split()
+    assert len(deaths) == 2 and len(set(deaths)) == 2, deaths  # two jobs, never a third try
+    rel = images[0].relative_to(root).as_posix()
+    assert f"FAILED  {rel}: the worker process running it died twice" in done.stdout
+    assert "3 segmented, 1 failed, 0 skipped" in done.stdout, done.stdout
+    assert [r.state for r in bids.status(deriv)] == ["failed", "done", "done", "done"]
+    assert done.stderr.count(" ended while the batch ran; submitted job ") >= 1, done.stderr
+    assert _running_jobs(fake_slurm) == [], "a job was left running after the batch"
+    # each worker was handed one image, not a share of the study (then a job's death
+    # would count against images queued on it that never ran): the first image of each
+    # of the 2 jobs found its worker holding only itself. (Later, a retried image may
+    # wait on a busy worker: the scheduler places it, not the batch.)
+    assert held.read_text().split()[:2] == ["1", "1"], held.read_text()
