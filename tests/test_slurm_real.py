@@ -422,6 +422,61 @@ sys.exit(3)
     assert done.returncode == 42, done.stderr.decode()
 
 
+@needs_slurm
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="drains the partition: needs the SLURM admin")
+def test_a_replacement_job_sbatch_refuses_is_tried_again_until_accepted(tmp_path):
+    """The image's job is cancelled while its partition is drained: sbatch refuses the
+    replacement job; the refusal is said once, the batch goes on with its other worker,
+    and the job is submitted when the partition accepts jobs again."""
+    partition = (
+        subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True)
+        .stdout.split()[0]
+        .rstrip("*")
+    )
+    root, deriv = tmp_path / "ds", tmp_path / "deriv"
+    images = make_bids(root, subjects=2)
+    log, hook = tmp_path / "held.log", tmp_path / "hold_one_image.py"
+    log.write_text("")
+    hook.write_text(HOOK)
+    env = _env(
+        DASK_DISTRIBUTED__WORKER__PRELOAD=f'["{hook}"]',
+        HELD_IMAGE=images[0].name,
+        HELD_LOG=str(log),
+        HELD_SECONDS="20",
+        OTHER_SECONDS="3",
+    )
+    batch = Batch(_batch_command(root, deriv, tmp_path / "slurm-logs"), env, tmp_path / "run")
+    stderr = Path(batch.stderr.name)
+
+    def until(condition, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition() and batch.proc.poll() is None:
+            assert time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.2)
+
+    def set_partition(state: str) -> None:
+        update = ["scontrol", "update", f"PartitionName={partition}", f"State={state}"]
+        subprocess.run(update, check=True)
+
+    try:
+        until(lambda: log.read_text(), 60)
+        job = log.read_text().split()[1]
+        set_partition("DRAIN")
+        subprocess.run(["scancel", job], check=True)
+        until(lambda: "SLURM: could not replace job(s)" in stderr.read_text(), 60)
+    finally:
+        set_partition("UP")
+    rc, out, err, _ = batch.wait()
+
+    assert rc == 0, err
+    assert "4 segmented, 0 failed, 0 skipped" in out
+    assert err.count(f"SLURM: could not replace job(s) {job}, trying again every 5 s") == 1
+    assert "Required partition not available" in err  # sbatch's own words
+    assert f"SLURM: job {job} ended while the batch ran; submitted job " in err, err
+    assert _no_job_left(batch.job_ids)
+
+
 # ------------------------------------------------- the same kill on the fake SLURM (CI)
 
 # A worker preload. Each image first writes how many images its worker holds (running or

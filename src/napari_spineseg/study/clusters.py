@@ -266,9 +266,11 @@ def replace_lost_jobs(cluster, log: TextIO | None = None) -> None:
     Stops when the cluster closes. A job that never started a worker is not replaced
     (it is still queued, or its script fails: its log says why).
     """
+    from distributed.core import Status
     from tornado.ioloop import PeriodicCallback
 
     known = {name: job.job_id for name, job in cluster.workers.items()}
+    refused: list[str] = []  # sbatch's refusal, said once, not at every check
 
     async def replace() -> None:
         # dask-jobqueue forgets a lost worker's job lost-worker-timeout after the loss;
@@ -278,10 +280,21 @@ def replace_lost_jobs(cluster, log: TextIO | None = None) -> None:
             return
         try:
             await cluster._correct_state()
-        except RuntimeError as exc:  # sbatch refused: said, and tried again next time
-            if log is not None:
-                log.write(f"SLURM: could not replace job(s) {', '.join(lost.values())}: {exc}\n")
+        except RuntimeError as exc:  # sbatch refused (a drained partition, a quota)
+            for name in lost:  # never submitted: forgotten, so the next check tries again
+                job = cluster.workers.get(name)
+                if job is not None and job.job_id is None:
+                    job.status = Status.failed  # nothing to cancel when the cluster closes
+                    del cluster.workers[name]
+            if log is not None and not refused:
+                log.write(
+                    f"SLURM: could not replace job(s) {', '.join(lost.values())}, trying "
+                    f"again every {REPLACE_EVERY_SECONDS:.0f} s: {exc}\n"
+                )
+                log.flush()
+            refused.append(str(exc))
             return
+        refused.clear()
         for name, old in lost.items():
             job = cluster.workers.get(name)
             if job is not None and job.job_id:
