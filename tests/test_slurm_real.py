@@ -424,6 +424,32 @@ sys.exit(3)
 
 @needs_slurm
 @pytest.mark.slow
+def test_a_job_left_in_the_queue_does_not_hold_the_batch(tmp_path):
+    """One job more than the node has CPUs: it stays PENDING (Resources) for the whole
+    batch. The batch starts as soon as the running jobs' workers are connected (it
+    waited its 60 s limit before), and the queued job is cancelled at the end."""
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True)
+    jobs = max(int(n.rstrip("+")) for n in cpus.stdout.split()) + 1  # 1 CPU each
+    if jobs > 8:
+        pytest.skip(f"a node with {jobs - 1} CPUs: not enough images to keep them busy")
+    root, deriv = tmp_path / "ds", tmp_path / "deriv"
+    make_bids(root, subjects=(jobs + 1) // 2)  # 2 images each: at least one per job
+    cmd = _batch_command(root, deriv, tmp_path / "slurm-logs")
+    cmd[cmd.index("--workers=2")] = f"--workers={jobs}"
+    batch = Batch(cmd, _env(), tmp_path / "run")
+    rc, out, err, _ = batch.wait()
+
+    assert rc == 0, err
+    connected = next(line for line in err.splitlines() if " worker(s) connected after " in line)
+    assert connected.startswith(f"SLURM: {jobs - 1} of {jobs} worker(s) connected after ")
+    assert connected.endswith("; the others join when their jobs start")
+    assert float(connected.split(" after ")[1].split(" s")[0]) < 30, connected
+    assert any(batch.seen.get(job) == {"PENDING"} for job in batch.job_ids), batch.seen
+    assert _no_job_left(batch.job_ids), "the queued job was left in the queue"
+
+
+@needs_slurm
+@pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="drains the partition: needs the SLURM admin")
 def test_a_replacement_job_sbatch_refuses_is_tried_again_until_accepted(tmp_path):
     """The image's job is cancelled while its partition is drained: sbatch refuses the

@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -42,8 +43,9 @@ DEFAULT_SLURM_JOBS = 10
 # holding an nnU-Net model, one image and its prediction, with room to spare.
 DEFAULT_SLURM_MEMORY = "8GB"
 JOB_NAME = "spineseg"
-# How long the batch waits for all its jobs to start before it begins with the workers it
-# has (the others take images as they arrive): on a busy cluster jobs may wait for hours.
+# The longest the batch waits for its jobs' workers before it begins with those it has
+# (the others take images as they arrive). Jobs still queued in SLURM are not waited for:
+# on a busy cluster they may wait for hours.
 START_WAIT_SECONDS = 60.0
 # How often the jobs are checked: one whose worker was lost (scancel, walltime, a node
 # failure) is replaced by a new job, dask's lost-worker-timeout (15 s) after the loss.
@@ -314,15 +316,42 @@ def replace_lost_jobs(cluster, log: TextIO | None = None) -> None:
     cluster.loop.add_callback(install)
 
 
-def wait_for_jobs(client: Client, jobs: int, timeout: float = START_WAIT_SECONDS) -> int:
-    """Wait until the workers of all ``jobs`` jobs are connected, at most ``timeout``
-    seconds; how many are. The batch hands out one image per worker at a time, so the
-    workers present when it starts take the first images, and later ones join as images
-    finish."""
-    # distributed's WorkerStartTimeoutError (a TimeoutError): some jobs still queued
-    with contextlib.suppress(TimeoutError):
-        client.wait_for_workers(jobs, timeout=timeout)
-    return len(client.nthreads())
+def running_jobs(ids: list[str]) -> int | None:
+    """How many of the jobs ``ids`` SLURM is running (``squeue``); None when squeue does
+    not say (not found, an error, output it cannot read)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    if listed.returncode != 0 or any(len(row) != 2 or row[0] not in ids for row in rows):
+        return None
+    return sum(state == "RUNNING" for _, state in rows)
+
+
+def wait_for_jobs(client: Client, ids: list[str], timeout: float = START_WAIT_SECONDS) -> int:
+    """Wait until the workers of the jobs ``ids`` are connected; how many are.
+
+    Not for jobs still waiting in SLURM's queue (``squeue``: PENDING), which may wait for
+    hours: once every running job's worker is connected, the batch starts with them,
+    and the queued ones take images as they arrive (one image per worker at a time, so
+    a late worker gets the next one). At most ``timeout`` seconds in any case.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        connected = len(client.nthreads())
+        if connected >= len(ids) or time.monotonic() > deadline:
+            return connected
+        if connected:
+            running = running_jobs(ids)
+            if running is not None and connected >= running:
+                return connected
+        time.sleep(1.0)
 
 
 @contextmanager
@@ -330,7 +359,7 @@ def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterat
     """A ``distributed.Client`` on SLURM jobs for ``resources``; the jobs are cancelled
     and the scheduler stopped on leaving, even on an error or Ctrl-C.
 
-    Returned when the jobs' workers are connected (at most :data:`START_WAIT_SECONDS`);
+    Returned when the running jobs' workers are connected (:func:`wait_for_jobs`);
     a job that ends while the block runs is replaced (:func:`replace_lost_jobs`).
     """
     from distributed import Client
@@ -347,13 +376,12 @@ def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterat
             )
             log.flush()
         with Client(cluster) as client:
-            running = wait_for_jobs(client, len(ids))
+            connected = wait_for_jobs(client, ids)
             if log is not None:
+                late = "" if connected == len(ids) else "; the others join when their jobs start"
                 log.write(
-                    f"SLURM: {running} of {len(ids)} worker(s) connected after "
-                    f"{time.monotonic() - t0:.1f} s"
-                    + ("" if running == len(ids) else "; the others join when their jobs start")
-                    + "\n"
+                    f"SLURM: {connected} of {len(ids)} worker(s) connected after "
+                    f"{time.monotonic() - t0:.1f} s{late}\n"
                 )
                 log.flush()
             replace_lost_jobs(cluster, log)
