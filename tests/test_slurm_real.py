@@ -3,10 +3,10 @@
 tests/test_cohort_slurm.py runs dask-jobqueue's job scripts through a fake ``sbatch``;
 here ``sbatch``, ``squeue`` and ``scancel`` are SLURM's own, so the jobs are queued,
 started, signalled and killed by slurmctld/slurmd. Skipped unless
-``SPINESEG_TEST_SLURM=1`` is set and ``sinfo`` answers. Two tests at the end need no
-SLURM and run in CI: the Ctrl-C check (a few seconds) and the same job death on the fake
-``sbatch`` of test_cohort_slurm.py (about 20 s). On one
-machine, as root: ``scripts/slurm-localhost.sh up``, then
+``SPINESEG_TEST_SLURM=1`` is set and ``sinfo`` answers, but for two tests that need no
+SLURM and run in CI: the Ctrl-C check (a few seconds) and a job dying twice on the fake
+``sbatch`` of test_cohort_slurm.py (about 20 s). On one machine, as root:
+``scripts/slurm-localhost.sh up``, then
 
     SPINESEG_TEST_SLURM=1 pytest -p no:randomly tests/test_slurm_real.py -v -s
 
@@ -139,7 +139,6 @@ class Batch:
     """``spineseg batch --cluster slurm`` in a child process, watched from here."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], out: Path):
-        self.out = out
         self.stdout = out.with_suffix(".stdout").open("w+")
         self.stderr = out.with_suffix(".stderr").open("w+")
         self.t0 = time.monotonic()
