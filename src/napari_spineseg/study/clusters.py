@@ -343,15 +343,18 @@ def wait_for_jobs(client: Client, ids: list[str], timeout: float = START_WAIT_SE
     a late worker gets the next one). At most ``timeout`` seconds in any case.
     """
     deadline = time.monotonic() + timeout
+    asked_at, asked_for = 0.0, 0  # squeue asked when a worker arrives, else every 5 s
     while True:
         connected = len(client.nthreads())
-        if connected >= len(ids) or time.monotonic() > deadline:
+        now = time.monotonic()
+        if connected >= len(ids) or now > deadline:
             return connected
-        if connected:
+        if connected and (connected != asked_for or now - asked_at > 5.0):
+            asked_at, asked_for = now, connected
             running = running_jobs(ids)
             if running is not None and connected >= running:
                 return connected
-        time.sleep(1.0)
+        time.sleep(0.1)
 
 
 @contextmanager
