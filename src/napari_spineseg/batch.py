@@ -27,6 +27,7 @@ cores. On your own cluster start the workers with ``--nthreads 1`` for the same 
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import uuid
@@ -335,8 +336,11 @@ def segment_many(
             progress(Progress(0.0, f"dask dashboard: {link}", 0, len(files)))
         # On our cluster, one file per worker thread at a time: a worker that dies then
         # takes down only the file it was running, not files queued behind it (the
-        # scheduler counts a death against every task assigned to that worker).
-        in_flight = sum(client.nthreads().values()) if own_cluster is not None else None
+        # scheduler counts a death against every task assigned to that worker). Also on a
+        # cluster object of this process (the SLURM jobs of study.clusters), whose workers
+        # arrive, die and are replaced during the batch: counted again as each file ends.
+        ours = own_cluster is not None or getattr(client, "cluster", None) is not None
+        in_flight = (lambda: max(sum(client.nthreads().values()), 1)) if ours else None
         run = (opts, spec, threads, bool(confidence))
         return _run(distributed, client, files, run, per_file, progress, cancel, in_flight)
     finally:
@@ -397,8 +401,9 @@ def _worker_died_message(client) -> str:
         times = "more than once"
     return (
         f"the worker process running it died {times}: out of memory? (a file too large for "
-        "one worker's memory; run fewer --workers) or a crash in the model; the other files "
-        "are not affected"
+        "one worker's memory: run fewer --workers, or give SLURM jobs more --slurm-memory), "
+        "its SLURM job cancelled or out of time (--slurm-walltime), or a crash in the model; "
+        "the other files are not affected"
     )
 
 
@@ -425,7 +430,7 @@ def _run(
             pure=False,
         )
 
-    first = len(files) if not in_flight else min(max(int(in_flight), 1), len(files))
+    first = len(files) if in_flight is None else min(in_flight(), len(files))
     futures = {submit(i): i for i in range(first)}
     queue = iter(range(first, len(files)))
     items: list[BatchItem | None] = [None] * len(files)
@@ -434,11 +439,12 @@ def _run(
         running = distributed.as_completed(list(futures))
         for fut in running:
             i = futures[fut]
-            nxt = next(queue, None)
-            if nxt is not None and not (cancel is not None and cancel.cancelled):
-                new = submit(nxt)
-                futures[new] = nxt
-                running.add(new)
+            if not (cancel is not None and cancel.cancelled):
+                room = 0 if in_flight is None else in_flight() - running.count()
+                for nxt in itertools.islice(queue, max(room, 0)):
+                    new = submit(nxt)
+                    futures[new] = nxt
+                    running.add(new)
             try:
                 items[i] = fut.result()
             except distributed.KilledWorker:  # died on every try (killed for memory, ...)

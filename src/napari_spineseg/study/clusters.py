@@ -8,15 +8,22 @@ loaded between files, exactly as a local worker does (:mod:`napari_spineseg.batc
 jobs are cancelled (``scancel``) when the batch ends, however it ends. Resources not
 given on the command line come from dask-jobqueue's configuration
 (``~/.config/dask/jobqueue.yaml``, section ``jobqueue.slurm``), then from the defaults
-here. A file whose worker dies (killed at the job's memory or walltime limit) is run once
-more, then reported failed, as on the local cluster.
+here. A file whose worker dies (killed at the job's memory or walltime limit, or
+``scancel``) is run once more, then reported failed, as on the local cluster; the job
+itself is replaced (:func:`replace_lost_jobs`), so the batch never runs out of workers.
+Ctrl-C cancels the jobs and exits 130 (:func:`keep_ctrl_c`). Tried under a real
+slurmctld: ``tests/test_slurm_real.py`` and ``scripts/slurm-localhost.sh`` (docs/batch.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,6 +43,13 @@ DEFAULT_SLURM_JOBS = 10
 # holding an nnU-Net model, one image and its prediction, with room to spare.
 DEFAULT_SLURM_MEMORY = "8GB"
 JOB_NAME = "spineseg"
+# The longest the batch waits for its jobs' workers before it begins with those it has
+# (the others take images as they arrive). Jobs still queued in SLURM are not waited for:
+# on a busy cluster they may wait for hours.
+START_WAIT_SECONDS = 60.0
+# How often the jobs are checked: one whose worker was lost (scancel, walltime, a node
+# failure) is replaced by a new job, dask's lost-worker-timeout (15 s) after the loss.
+REPLACE_EVERY_SECONDS = 5.0
 
 
 class ClusterError(SpinesegError):
@@ -167,6 +181,21 @@ class SlurmResources:
         return kwargs
 
 
+def keep_ctrl_c() -> None:
+    """Give Ctrl-C back to Python after importing dask-jobqueue.
+
+    Importing ``dask_jobqueue`` (its ``runner`` module) replaces this process's SIGINT
+    handler with ``sys.exit()``: Ctrl-C then ended ``spineseg batch --cluster slurm``
+    with exit code 0 and no word, as if the study were done (a script's next step would
+    run). With Python's handler back, Ctrl-C raises KeyboardInterrupt: the jobs are
+    cancelled, the command says it was cancelled and exits with 130, as a local batch.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    if getattr(handler, "__module__", None) == "dask_jobqueue.runner":
+        with contextlib.suppress(ValueError):  # not the main thread: not its to change
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def slurm_cluster(resources: SlurmResources):
     """A ``dask_jobqueue.SLURMCluster`` for ``resources``, its scheduler started here, no
     job submitted yet (:func:`submit_jobs`). Raises :class:`ClusterError` when
@@ -182,6 +211,7 @@ def slurm_cluster(resources: SlurmResources):
             "--cluster slurm needs dask-jobqueue, which is not installed; install it with: "
             f"{SLURM_INSTALL_HINT}"
         ) from exc
+    keep_ctrl_c()
     if shutil.which("sbatch") is None:
         raise ClusterError(
             "--cluster slurm: the sbatch command is not found on PATH; run spineseg batch "
@@ -227,14 +257,119 @@ def submit_jobs(cluster, jobs: int) -> list[str]:
     return [str(job.job_id) for job in cluster.workers.values()]
 
 
+def replace_lost_jobs(cluster, log: TextIO | None = None) -> None:
+    """Keep the cluster at its number of jobs while the batch runs: a job whose worker
+    was lost (scancel, walltime, node failure) is replaced by a new one, said on ``log``.
+
+    dask-jobqueue does not do it by itself (only its adaptive mode resubmits, and that
+    mode also cancels idle jobs): without this, a batch whose jobs all ended would wait
+    forever for workers. The image the lost worker was running is the scheduler's
+    business (run once more, then reported failed); this only brings back the worker.
+    Stops when the cluster closes. A job that never started a worker is not replaced
+    (it is still queued, or its script fails: its log says why).
+    """
+    from distributed.core import Status
+    from tornado.ioloop import PeriodicCallback
+
+    known = {name: job.job_id for name, job in cluster.workers.items()}
+    refused: list[str] = []  # sbatch's refusal, said once, not at every check
+
+    async def replace() -> None:
+        # dask-jobqueue forgets a lost worker's job lost-worker-timeout after the loss;
+        # _correct_state then submits a job for each name of the spec without one
+        lost = {name: known[name] for name in set(known) - set(cluster.workers)}
+        if not lost:
+            return
+        try:
+            await cluster._correct_state()
+        except RuntimeError as exc:  # sbatch refused (a drained partition, a quota)
+            for name in lost:  # never submitted: forgotten, so the next check tries again
+                job = cluster.workers.get(name)
+                if job is not None and job.job_id is None:
+                    job.status = Status.failed  # nothing to cancel when the cluster closes
+                    del cluster.workers[name]
+            if log is not None and not refused:
+                log.write(
+                    f"SLURM: could not replace job(s) {', '.join(lost.values())}, trying "
+                    f"again every {REPLACE_EVERY_SECONDS:.0f} s: {exc}\n"
+                )
+                log.flush()
+            refused.append(str(exc))
+            return
+        refused.clear()
+        for name, old in lost.items():
+            job = cluster.workers.get(name)
+            if job is not None and job.job_id:
+                known[name] = job.job_id
+                if log is not None:
+                    log.write(
+                        f"SLURM: job {old} ended while the batch ran; submitted job "
+                        f"{job.job_id} in its place\n"
+                    )
+                    log.flush()
+
+    def install() -> None:  # a PeriodicCallback starts on the loop it runs on
+        every = PeriodicCallback(replace, REPLACE_EVERY_SECONDS * 1000)
+        cluster.periodic_callbacks["spineseg-replace-lost-jobs"] = every  # stopped on close
+        every.start()
+
+    cluster.loop.add_callback(install)
+
+
+def running_jobs(ids: list[str]) -> int | None:
+    """How many of the jobs ``ids`` SLURM is running (``squeue``); None when squeue does
+    not say (not found, an error, output it cannot read)."""
+    try:
+        listed = subprocess.run(
+            ["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [line.split() for line in listed.stdout.splitlines()]
+    if listed.returncode != 0 or any(len(row) != 2 or row[0] not in ids for row in rows):
+        return None
+    return sum(state == "RUNNING" for _, state in rows)
+
+
+def wait_for_jobs(client: Client, ids: list[str], timeout: float = START_WAIT_SECONDS) -> int:
+    """Wait until the workers of the jobs ``ids`` are connected; how many are.
+
+    Not for jobs still waiting in SLURM's queue (``squeue``: PENDING), which may wait for
+    hours: once every running job's worker is connected, the batch starts with them,
+    and the queued ones take images as they arrive (one image per worker at a time, so
+    a late worker gets the next one). At most ``timeout`` seconds in any case.
+    """
+    deadline = time.monotonic() + timeout
+    asked_at, asked_for = 0.0, 0  # squeue asked when a worker arrives, else every 5 s
+    while True:
+        connected = len(client.nthreads())
+        now = time.monotonic()
+        if connected >= len(ids) or now > deadline:
+            return connected
+        if connected and (connected != asked_for or now - asked_at > 5.0):
+            asked_at, asked_for = now, connected
+            running = running_jobs(ids)
+            if running is not None and connected >= running:
+                return connected
+        time.sleep(0.1)
+
+
 @contextmanager
 def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterator[Client]:
     """A ``distributed.Client`` on SLURM jobs for ``resources``; the jobs are cancelled
-    and the scheduler stopped on leaving, even on an error or Ctrl-C."""
+    and the scheduler stopped on leaving, even on an error or Ctrl-C.
+
+    Returned when the running jobs' workers are connected (:func:`wait_for_jobs`);
+    a job that ends while the block runs is replaced (:func:`replace_lost_jobs`).
+    """
     from distributed import Client
 
     cluster = slurm_cluster(resources)
     try:
+        t0 = time.monotonic()
         ids = submit_jobs(cluster, resources.jobs)
         if log is not None:
             log.write(
@@ -244,6 +379,15 @@ def slurm_client(resources: SlurmResources, log: TextIO | None = None) -> Iterat
             )
             log.flush()
         with Client(cluster) as client:
+            connected = wait_for_jobs(client, ids)
+            if log is not None:
+                late = "" if connected == len(ids) else "; the others join when their jobs start"
+                log.write(
+                    f"SLURM: {connected} of {len(ids)} worker(s) connected after "
+                    f"{time.monotonic() - t0:.1f} s{late}\n"
+                )
+                log.flush()
+            replace_lost_jobs(cluster, log)
             yield client
     finally:
         cluster.close()
