@@ -41,6 +41,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 PROGRESS_STEPS = 1000
+#: ms between two result layers: a zero-delay timer ran the next napari ``add_layer``
+#: (~100 ms each) in the same event-loop pass, so two layers froze the viewer as one
+#: 230-400 ms step (benchmarks/bench_engine_process.py); a timer with a delay lets the
+#: loop paint and take input in between
+LAYER_PAUSE_MS = 5
 #: Task-combo value for a lab's own nnU-Net model (outputs from its dataset.json).
 CUSTOM = "custom"
 
@@ -371,7 +376,7 @@ class SegmentWidget(Container):
         # thread (~100 ms to 1 s on a loaded CPU), so the viewer stays responsive between
         self._to_add = list(value)
         self._added = []
-        QTimer.singleShot(0, self._add_next_layer)
+        QTimer.singleShot(LAYER_PAUSE_MS, self._add_next_layer)
 
     def _add_next_layer(self) -> None:
         from napari.layers import Layer
@@ -383,7 +388,7 @@ class SegmentWidget(Container):
             if any(ly.name == layer.name for ly in self.viewer.layers):
                 layer.name = f"{layer.name} (new)"  # a re-run never replaces silently
             self._added.append(self.viewer.add_layer(layer))
-            QTimer.singleShot(0, self._add_next_layer)
+            QTimer.singleShot(LAYER_PAUSE_MS, self._add_next_layer)
             return
         added, self._added = self._added, []
         self.last_layers = added
