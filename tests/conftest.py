@@ -132,3 +132,17 @@ def models(tmp_path, monkeypatch):
     root = tmp_path / "store"
     monkeypatch.setenv(store.ENV_MODELS_DIR, str(root))
     return root
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A one-worker, one-thread dask cluster in this process, per test module (the
+    batch and cohort tests)."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as c,
+    ):
+        yield c

@@ -24,16 +24,7 @@ import pytest
 from napari_spineseg.correction import autosave
 from napari_spineseg.correction.autosave import Autosaver, discard, find_recoveries, restore
 from napari_spineseg.errors import SaveRefusedError, SpinesegError
-
-SHA = "ab" * 32
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from test_correction_autosave import SHA, Clock
 
 
 def _labels() -> np.ndarray:

@@ -72,17 +72,6 @@ def make_bids(root: Path, subjects: int = 2, sessions=("01", "02")) -> list[Path
 
 
 @pytest.fixture(scope="module")
-def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
-        yield c
-
-
-@pytest.fixture(scope="module")
 def done(tmp_path_factory, client):
     """A dataset segmented once into derivatives/spineseg."""
     root = tmp_path_factory.mktemp("bids")

@@ -45,17 +45,6 @@ def invert_slices(path: Path, slices: slice = DOUBTFUL) -> None:
 
 
 @pytest.fixture(scope="module")
-def client():
-    with (
-        distributed.LocalCluster(
-            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as c,
-    ):
-        yield c
-
-
-@pytest.fixture(scope="module")
 def study(tmp_path_factory, client):
     """One subject, two sessions; ses-02 is the doubtful image. Segmented once."""
     root = tmp_path_factory.mktemp("bids")

@@ -304,12 +304,7 @@ def test_verification_refuses_what_the_disk_did_not_store(
     target = source.path.parent / f"t2_seg{ext}"
     save_labels(_mask(0), target, like=source)
     before = target.read_bytes()
-    real_write_new = atomic.write_new
-    monkeypatch.setattr(
-        atomic,
-        "write_new",
-        lambda path, payload, mode=None: real_write_new(path, corrupt(payload), mode),
-    )
+    corrupt_disk_writes(monkeypatch, corrupt)
     with pytest.raises(SaveRefusedError, match=match) as info:
         save_labels(_mask(1), target, like=source)
     assert str(target) in str(info.value) and "nothing was replaced" in str(info.value)
@@ -344,3 +339,14 @@ def test_nan_header_fields_are_copied_bit_for_bit(tmp_path, field, endian):
         assert writer._same_bits(back[name], src_img.header[name]), name
     assert np.isnan(back[field]).any()
     assert np.array_equal(np.asanyarray(nib.load(out).dataobj), _mask(0))
+
+
+def corrupt_disk_writes(monkeypatch, corrupt) -> None:
+    """Every file the writer writes gets ``corrupt(payload)`` on disk instead (a bad disk,
+    a flaky share): what the re-read verification must catch."""
+    real_write_new = atomic.write_new
+    monkeypatch.setattr(
+        atomic,
+        "write_new",
+        lambda path, payload, mode=None: real_write_new(path, corrupt(payload), mode),
+    )

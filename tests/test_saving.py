@@ -105,7 +105,11 @@ def test_api_save_passes_the_batch_extras_to_every_output(image, tmp_path):
     }
     result = SegmentationResult(outputs, {}, dict(PROVENANCE), image, get_task("lesion_sci_t2"))
     written = api.save(
-        result, tmp_path, entry_extra={"RunKey": "k2"}, sidecar_extra={"Sources": ["s"]}
+        result,
+        tmp_path,
+        entry_extra={"RunKey": "k2"},
+        sidecar_extra={"Sources": ["s"]},
+        output_extra={"_lesion_seg": {"Only": "lesion", "RunKey": "k3"}},
     )
     assert [p.name for p in written] == [
         "sub-01_T2w_sc_seg.nii.gz",
@@ -114,7 +118,11 @@ def test_api_save_passes_the_batch_extras_to_every_output(image, tmp_path):
     for path, (suffix, output) in zip(written, outputs.items(), strict=True):
         data = json.loads(sidecar.sidecar_path(path).read_text())
         (entry,) = data["GeneratedBy"]
-        assert entry["Output"] == suffix and entry["RunKey"] == "k2"
+        assert entry["Output"] == suffix
+        # output_extra goes to its own output's entry only, over entry_extra
+        assert (entry["RunKey"], entry.get("Only")) == (
+            ("k3", "lesion") if suffix == "_lesion_seg" else ("k2", None)
+        )
         assert entry["Classes"] == {str(k): v for k, v in output.classes.items()}
         assert data["Sources"] == ["s"]
         np.testing.assert_array_equal(np.asarray(load(path).data), output.labels)

@@ -25,6 +25,7 @@ import pytest
 import nifti_factory as fx
 from napari_spineseg.errors import GeometryWarning, LabelsError, SaveRefusedError
 from napari_spineseg.io import atomic, load, save_labels, writer
+from test_save_history import corrupt_disk_writes
 
 CORRUPTION_FIX = (
     "The disk or network share may be corrupting data: save to another disk, and keep "
@@ -118,14 +119,7 @@ def test_failed_replace_leaves_the_target_in_full(source, monkeypatch):
     target = source.path.parent / "t2_seg.nii.gz"
     save_labels(_mask(0), target, like=source)
     before = target.read_bytes()
-    real_replace = os.replace
-
-    def refusing(src, dst, *args, **kwargs):
-        if Path(dst) == target:
-            raise OSError(errno.EXDEV, "Invalid cross-device link")
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", refusing)
+    refuse_replacing(monkeypatch, target, OSError(errno.EXDEV, "Invalid cross-device link"))
     with pytest.raises(SaveRefusedError) as info:
         save_labels(_mask(1), target, like=source)
     assert str(info.value) == (
@@ -184,12 +178,7 @@ def test_verification_names_every_field_the_disk_changed(source, monkeypatch, co
     target = source.path.parent / "t2_seg.nii"
     save_labels(_mask(0), target, like=source)
     before = target.read_bytes()
-    real_write_new = atomic.write_new
-    monkeypatch.setattr(
-        atomic,
-        "write_new",
-        lambda path, payload, mode=None: real_write_new(path, corrupt(payload), mode),
-    )
+    corrupt_disk_writes(monkeypatch, corrupt)
     with pytest.raises(SaveRefusedError) as info:
         save_labels(_mask(1), target, like=source)
     assert str(info.value) == (
@@ -487,14 +476,7 @@ def test_version_kept_before_a_failed_replace_is_not_kept_twice(source, monkeypa
     target = source.path.parent / "t2_seg.nii.gz"
     for seed in range(4):  # history: masks 0, 1, 2; the target holds mask 3
         save_labels(_mask(seed), target, like=source)
-    real_replace = os.replace
-
-    def refusing(src, dst, *args, **kwargs):
-        if Path(dst) == target:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_replace(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(os, "replace", refusing)
+    refuse_replacing(monkeypatch, target, OSError(errno.EIO, "Input/output error"))
     with pytest.raises(SaveRefusedError):
         save_labels(_mask(4), target, like=source)
     monkeypatch.undo()
@@ -537,3 +519,15 @@ def test_pruning_that_cannot_delete_does_not_fail_the_save(source, monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(load(target).data, _mask(2))
     assert len(writer.history_versions(target)) == 2  # nothing could be pruned
+
+
+def refuse_replacing(monkeypatch, target: Path, error: OSError) -> None:
+    """``os.replace`` onto ``target`` fails with ``error`` (other renames still work)."""
+    real_replace = os.replace
+
+    def refusing(src, dst, *args, **kwargs):
+        if Path(dst) == target:
+            raise error
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", refusing)

@@ -12,7 +12,7 @@ napari, Qt or torch at import time.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -267,6 +267,7 @@ def save(
     *,
     entry_extra: dict[str, Any] | None = None,
     sidecar_extra: dict[str, Any] | None = None,
+    output_extra: Mapping[str, dict[str, Any]] | None = None,
 ) -> list[Path]:
     """Write every output as NIfTI on the source's exact grid, each with a JSON sidecar.
 
@@ -274,13 +275,16 @@ def save(
     through :func:`napari_spineseg.saving.save_mask`, the Review widget's save path too:
     exact header copy, atomic write, previous version kept, and ``<mask>.json`` with
     SCT's ``GeneratedBy`` entry. ``entry_extra`` is merged into that entry (e.g. a batch's
-    run key) and ``sidecar_extra`` into the sidecar's top level (e.g. BIDS ``Sources``).
+    run key), ``output_extra[suffix]`` too for that output only (e.g. the batch's
+    confidence record of that mask), and ``sidecar_extra`` into the sidecar's top level
+    (e.g. BIDS ``Sources``).
     """
     from .saving import save_mask
 
     written: list[Path] = []
     for suffix, path in output_paths(result, out).items():
         output = result.outputs[suffix]
+        extra = {**(entry_extra or {}), **(output_extra or {}).get(suffix, {})}
         path.parent.mkdir(parents=True, exist_ok=True)
         written.append(
             save_mask(
@@ -290,7 +294,7 @@ def save(
                 classes=output.classes,
                 provenance=result.provenance,
                 output=suffix,
-                entry_extra=entry_extra,
+                entry_extra=extra or None,
                 sidecar_extra=sidecar_extra,
             )
         )

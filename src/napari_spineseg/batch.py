@@ -153,20 +153,19 @@ def _save(api, result, out_dir, entry_extra, sidecar_extra, confidence: bool) ->
     The probability maps (one float32 volume per class) are reduced to the records
     first and dropped at once, so a worker holds them only while the records are made.
     """
-    if not confidence:
-        return api.save(result, out_dir, entry_extra=entry_extra, sidecar_extra=sidecar_extra)
-    from dataclasses import replace
+    records = {}
+    if confidence:
+        from .study.confidence import RECORD_KEY, records_of
 
-    from .study.confidence import RECORD_KEY, records_of
-
-    records = records_of(result)
-    result.probabilities.clear()
-    written = []
-    for suffix, output in result.outputs.items():  # one output each: its own record
-        extra = {**(entry_extra or {}), RECORD_KEY: records[suffix]}
-        one = replace(result, outputs={suffix: output})
-        written += api.save(one, out_dir, entry_extra=extra, sidecar_extra=sidecar_extra)
-    return written
+        records = {s: {RECORD_KEY: r} for s, r in records_of(result).items()}
+        result.probabilities.clear()
+    return api.save(
+        result,
+        out_dir,
+        entry_extra=entry_extra,
+        sidecar_extra=sidecar_extra,
+        output_extra=records,
+    )
 
 
 # ----------------------------------------------------------------------------- client side

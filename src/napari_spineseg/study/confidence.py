@@ -162,6 +162,12 @@ class MaskConfidence:
                 out.update(s for s in low if _is_index(s))
         return sorted(out)
 
+    def flagged_slices(self) -> list[int]:
+        """The record's ``low_confidence`` slices while the mask is still the model's
+        output (none once corrected: they describe the model's, not the mask's): what the
+        review queue and the QC report add to the flags computed from the mask."""
+        return [] if self.corrected else self.low_slices()
+
     def _classes(self) -> dict[str, dict[str, Any]]:
         """The record's classes that have a confidence (a sidecar edited by hand may hold
         anything: what is not a record is skipped, never an error in the table)."""

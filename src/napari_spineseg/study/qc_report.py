@@ -250,10 +250,10 @@ def render_row(row: QcRow, img_dir: str | os.PathLike) -> dict[str, Any]:
     flags = {f: np.flatnonzero(table.flags[f]).tolist() for f in qc.FLAGS}
     model = read_confidence(sidecar.read(row.mask))
     flagged = table.flagged()
-    if not model.corrected:  # the record's slices: flagged by slice_table at batch time
-        low = [s for s in model.low_slices() if s < table.n_slices]
-        flags["low_confidence"] = sorted(set(flags["low_confidence"]) | set(low))
-        flagged[low] = True
+    # the record's slices: flagged by slice_table at batch time, from the probabilities
+    low = [s for s in model.flagged_slices() if s < table.n_slices]
+    flags["low_confidence"] = sorted(set(flags["low_confidence"]) | set(low))
+    flagged[low] = True
     lowest = model.lowest()
     data: dict[str, Any] = {
         **{k: v for k, v in asdict(row).items() if k not in ("classes", "colors")},

@@ -293,8 +293,9 @@ class CohortSession:
             # low_confidence needs the model's probabilities: the batch's record has its
             # slices, as long as the mask is still the model's output
             model = case.confidence.masks.get(suffix)
-            if model is not None and not model.corrected and model.low_slices():
-                flags["low_confidence"] = flags.get("low_confidence", 0) + len(model.low_slices())
+            low = model.flagged_slices() if model is not None else []
+            if low:
+                flags["low_confidence"] = flags.get("low_confidence", 0) + len(low)
         self._update(
             case,
             status="in progress",
